@@ -1,0 +1,34 @@
+"""bayescale: Bayesian scaling-law inference with NumPyro and JAX.
+
+    import bayescale as bs
+    runs = bs.load_example("chinchilla")
+    fit = bs.fit(runs, "chinchilla", columns={"N": "Model Size", "C": "Training FLOP"}, likelihood="student_t")
+    fit.summary()
+    bs.predict(fit, {"N": 70e9, "D": 1.4e12}).quantiles()
+    bs.optimal_allocation(fit, compute=5.76e23).quantiles()
+"""
+
+from bayescale.compilation import configure as _configure
+
+_configure()
+
+from bayescale.diagnostics import ConvergenceWarning, Diagnostics, Thresholds, check_convergence  # noqa: E402
+from bayescale.examples import EXAMPLES, load_example  # noqa: E402
+from bayescale.fit import Fit, fit  # noqa: E402
+from bayescale.inference import SamplerSettings  # noqa: E402
+from bayescale.law import Derivation, Law, Param, get_law, laws, register_law  # noqa: E402
+from bayescale.likelihood import Likelihood  # noqa: E402
+from bayescale.optimal import Allocation, optimal_allocation  # noqa: E402
+from bayescale.persistence import load, save  # noqa: E402
+from bayescale.posterior import draws, summary  # noqa: E402
+from bayescale.predictive import Prediction, predict  # noqa: E402
+from bayescale.runs import DataError, Runs, read_table, runs_from_table  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Allocation", "ConvergenceWarning", "DataError", "Derivation", "Diagnostics", "EXAMPLES", "Fit", "Law",
+    "Likelihood", "Param", "Prediction", "Runs", "SamplerSettings", "Thresholds", "check_convergence", "draws",
+    "fit", "get_law", "laws", "load", "load_example", "optimal_allocation", "predict", "read_table",
+    "register_law", "runs_from_table", "save", "summary",
+]

@@ -1,0 +1,190 @@
+"""fit(): a table of runs and a law -> a checked posterior (an ArviZ DataTree plus the law).
+
+Steps: validate the runs (`bayescale.runs`), build the NumPyro model (`bayescale.model`), find the MAP with
+L-BFGS from many starts (`bayescale.map_estimate`), run NUTS from around it (`bayescale.inference`), draw
+the prior and posterior predictive, and check convergence (`bayescale.diagnostics`), warning loudly when a
+check fails. Everything random comes from one `seed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
+from bayescale.inference import SamplerSettings, run_nuts
+from bayescale.law import Law, PriorSpec, data_stats, get_law
+from bayescale.likelihood import Likelihood, as_likelihood
+from bayescale.map_estimate import MapResult, map_estimate
+from bayescale.model import law_model, pointwise_log_likelihood, posterior_predictive_draws, prior_draws
+from bayescale.runs import Runs, runs_from_table
+
+
+@dataclass
+class Fit:
+    """A fitted law: `data` is the ArviZ DataTree (posterior, sample_stats, log_likelihood, observed_data,
+    constant_data, posterior_predictive, prior, prior_predictive)."""
+
+    law: Law
+    likelihood: Likelihood
+    data: Any
+    runs: Runs
+    diagnostics: Diagnostics
+    settings: SamplerSettings
+    seed: int
+    map: dict[str, float] = field(default_factory=dict)
+    priors: dict[str, Any] = field(default_factory=dict)  # the overrides this fit used, as given
+
+    @property
+    def converged(self) -> bool:
+        return self.diagnostics.converged
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(self.law.param_names) + tuple(self.likelihood.param_names)
+
+    def summary(self, **kwargs) -> pd.DataFrame:
+        from bayescale.posterior import summary
+
+        return summary(self, **kwargs)
+
+    def predict(self, at, **kwargs):
+        from bayescale.predictive import predict
+
+        return predict(self, at, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        from bayescale.persistence import save
+
+        return save(self, path)
+
+    def __repr__(self) -> str:
+        state = "converged" if self.converged else "NOT CONVERGED"
+        return f"Fit(law={self.law.name!r}, likelihood={self.likelihood.family!r}, runs={len(self.runs)}, {state})"
+
+
+def model_inputs(runs: Runs, mask=None) -> tuple[tuple, dict]:
+    """The model's (args, kwargs) for these runs: x and data stats positionally, observations by name."""
+    x = {k: jnp.asarray(v) for k, v in runs.x.items()}
+    y = None if runs.y is None else jnp.asarray(runs.y)
+    stats = data_stats(y, mask) if y is not None else {}
+    se = None if runs.se is None else jnp.asarray(runs.se)
+    return (x, stats), {"y": y, "se": se, "mask": mask}
+
+
+def _check_prior_names(priors: Mapping[str, PriorSpec], law: Law, likelihood: Likelihood) -> None:
+    known = set(law.param_names) | {"sigma", "nu"}
+    unknown = sorted(set(priors) - known)
+    if unknown:
+        raise KeyError(f"priors given for unknown parameters {unknown}; law {law.name!r} has {sorted(known)}")
+
+
+_SAMPLE_STATS = {  # numpyro extra field -> ArviZ sample_stats name
+    "diverging": "diverging",
+    "energy": "energy",
+    "num_steps": "n_steps",
+    "accept_prob": "acceptance_rate",
+    "adapt_state.step_size": "step_size",
+}
+
+
+def to_datatree(mcmc, model, args, kwargs, runs: Runs, key, prior_draw_count: int = 500):
+    """Posterior, sample stats, pointwise log-likelihood, posterior and prior predictive, observed and
+    constant data of a finished MCMC, as an ArviZ DataTree. The draws are made by jitted functions of
+    `bayescale.model` (numpyro's Predictive runs op by op and took seconds here)."""
+    key_ppc, key_prior = jax.random.split(key)
+    num_chains = mcmc.num_chains
+    # Parallel chains leave their draws sharded over host devices; jitted code would recompile for that
+    # sharding, so bring them to plain host arrays first.
+    flat = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+    by_chain = lambda a: np.asarray(a).reshape(num_chains, -1, *np.shape(a)[1:])  # noqa: E731
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    sample_stats = {name: np.asarray(extra[field]) for field, name in _SAMPLE_STATS.items() if field in extra}
+    sample_stats["lp"] = -np.asarray(extra["potential_energy"])
+    ppc = posterior_predictive_draws(model, key_ppc, flat, args, kwargs)
+    loglik = pointwise_log_likelihood(model, flat, args, kwargs)
+    prior = prior_draws(model, key_prior, args, kwargs, prior_draw_count)
+    constant = {**runs.x, **({"se": runs.se} if runs.se is not None else {})}
+    as_prior_draws = lambda a: np.asarray(a)[None]  # noqa: E731  one "chain" of prior draws
+    return az.from_dict(
+        {
+            "posterior": {k: by_chain(v) for k, v in flat.items()},
+            "sample_stats": sample_stats,
+            "log_likelihood": {"y": by_chain(loglik["y"])},
+            "posterior_predictive": {"y": by_chain(ppc["y"])},
+            "prior": {k: as_prior_draws(v) for k, v in prior.items() if k != "y"},
+            "prior_predictive": {"y": as_prior_draws(prior["y"])},
+            "observed_data": {"y": np.asarray(runs.y)},
+            "constant_data": {k: np.asarray(v) for k, v in constant.items()},
+        },
+        coords={"run": np.arange(len(runs))},
+        dims={"y": ["run"], **{k: ["run"] for k in constant}},
+    )
+
+
+def fit(
+    data: pd.DataFrame | str | Path | Runs,
+    law: str | Law,
+    *,
+    columns: Mapping[str, str] | None = None,
+    y: str = "loss",
+    se: str | None = None,
+    likelihood: str | Likelihood = "normal",
+    priors: Mapping[str, PriorSpec] | None = None,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    seed: int = 0,
+    settings: SamplerSettings | None = None,
+    map_starts: int = 32,
+    allow_repeats: bool = False,
+    num_prior_draws: int = 500,
+    thresholds: Thresholds = Thresholds(),
+) -> Fit:
+    """Fit `law` to a table of runs with NUTS; see the module docstring.
+
+    `columns` maps law inputs (or inputs they derive from, e.g. C) to table columns; `y` is the output
+    column, `se` an optional column of known standard errors. `likelihood`: "normal" (on log y) or
+    "student_t" (robust), or a `Likelihood`. `priors` replaces priors by parameter name (law parameters,
+    "sigma", "nu"). A fit that fails its convergence checks emits a `ConvergenceWarning` and has
+    `fit.converged == False`.
+    """
+    law = get_law(law)
+    likelihood = as_likelihood(likelihood)
+    priors = dict(priors or {})
+    _check_prior_names(priors, law, likelihood)
+    law, likelihood = law.with_priors(priors), likelihood.with_priors(priors)
+    settings = settings or SamplerSettings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains)
+
+    runs = data if isinstance(data, Runs) else runs_from_table(
+        data, law, columns=columns, y=y, se=se, allow_repeats=allow_repeats
+    )
+    model = law_model(law, likelihood)
+    args, kwargs = model_inputs(runs)
+    key_map, key_nuts, key_pred = jax.random.split(jax.random.PRNGKey(seed), 3)
+
+    mode: MapResult = map_estimate(model, args, kwargs, key_map, num_starts=map_starts)
+    mcmc = run_nuts(model, args, kwargs, key_nuts, settings, init_unconstrained=mode.unconstrained)
+    dt = to_datatree(mcmc, model, args, kwargs, runs, key_pred, prior_draw_count=num_prior_draws)
+    names = [n for n in dt.posterior.data_vars if not str(n).startswith("_")]
+    diagnostics = check_convergence(dt, params=names, thresholds=thresholds)
+    warn_if_not_converged(diagnostics, what=f"fit of law {law.name!r}")
+    return Fit(
+        law=law,
+        likelihood=likelihood,
+        data=dt,
+        runs=runs,
+        diagnostics=diagnostics,
+        settings=settings,
+        seed=seed,
+        map=mode.params,
+        priors=priors,
+    )

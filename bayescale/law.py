@@ -1,0 +1,185 @@
+"""A scaling law, declared once: inputs, parameters with priors, mean function, and where it comes from.
+
+A `Law` is plain data. The engine turns it into a NumPyro model (`bayescale.model`), fits it
+(`bayescale.fit`) and predicts with it (`bayescale.predictive`). Parameters are declared and reported in the
+user's units (A ~ 400 for Chinchilla, as published); priors on positive parameters are log-scale
+distributions, so NUTS samples their logarithm. A prior may depend on the data through `DataStats`
+(e.g. the irreducible loss E lies below the smallest observed loss).
+
+Define a new law in a few lines::
+
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+    from bayescale import Law, Param
+
+    def mean(p, x):
+        return p["E"] + p["A"] * x["D"] ** -p["alpha"]
+
+    my_law = Law(
+        name="data_power_law",
+        inputs=("D",),
+        params={
+            "E": Param(lambda s: dist.Uniform(0.0, s["y_min"]), "irreducible loss"),
+            "A": Param(dist.LogNormal(6.0, 3.0), "coefficient"),
+            "alpha": Param(dist.LogNormal(jnp.log(0.3), 0.5), "exponent"),
+        },
+        mean=mean,
+    )
+
+A raw NumPyro model can stand in for params/mean: `Law(name=..., inputs=..., numpyro_model=fn)` where
+`fn(x, stats, y=None, se=None, mask=None)` samples its own parameters and an observed site named "y".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+PriorSpec = dist.Distribution | Callable[[Mapping[str, Any]], dist.Distribution]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One law parameter: its prior (a distribution, or a function of `data_stats`) and its meaning.
+
+    `pivot=(input, exponent)` marks a coefficient that multiplies input^-exponent (A in A / N^alpha). NUTS
+    then samples the log of the term's value at the data's geometric-mean input instead of log A, which
+    removes the strong, curved correlation between log A and the exponent (A is the loss at N = 1, far from
+    any data). The change of variables is exact: the prior on A is the one declared, and A is reported in
+    the user's units.
+    """
+
+    prior: PriorSpec
+    description: str = ""
+    pivot: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """An input computed from others, e.g. tokens D = C / (6 N)."""
+
+    target: str
+    sources: tuple[str, ...]
+    compute: Callable[..., Any]
+    description: str = ""
+
+
+# Identities of LLM training that hold for every law: compute C = 6 N D (Kaplan et al. 2020, Hoffmann et
+# al. 2022) and tokens per parameter M = D / N. Laws add their own derivations on top.
+STANDARD_DERIVATIONS: tuple[Derivation, ...] = (
+    Derivation("D", ("C", "N"), lambda C, N: C / (6.0 * N), "tokens D = C / (6 N)"),
+    Derivation("N", ("C", "D"), lambda C, D: C / (6.0 * D), "parameters N = C / (6 D)"),
+    Derivation("C", ("N", "D"), lambda N, D: 6.0 * N * D, "compute C = 6 N D"),
+    Derivation("M", ("D", "N"), lambda D, N: D / N, "tokens per parameter M = D / N"),
+    Derivation("D", ("M", "N"), lambda M, N: M * N, "tokens D = M N"),
+)
+
+
+@dataclass(frozen=True)
+class Law:
+    """A scaling-law family. `mean(params, x)` maps parameter and input dicts to the predicted output."""
+
+    name: str
+    inputs: tuple[str, ...]
+    params: Mapping[str, Param] = field(default_factory=dict)
+    mean: Callable[[Mapping[str, Any], Mapping[str, Any]], Any] | None = None
+    output: str = "loss"
+    description: str = ""
+    form: str = ""
+    reference: str = ""
+    derivations: tuple[Derivation, ...] = ()
+    numpyro_model: Callable[..., None] | None = None
+
+    def __post_init__(self):
+        if self.numpyro_model is None and (self.mean is None or not self.params):
+            raise ValueError(f"law {self.name!r}: give `params` and `mean`, or a `numpyro_model`")
+        if not self.inputs:
+            raise ValueError(f"law {self.name!r}: declare at least one input")
+        for name, param in self.params.items():
+            if param.pivot is None:
+                continue
+            source, exponent = param.pivot
+            if source not in self.inputs or exponent not in self.params or self.params[exponent].pivot:
+                raise ValueError(
+                    f"law {self.name!r}: pivot of {name!r} must name an input and an un-pivoted exponent "
+                    f"parameter, got {param.pivot}"
+                )
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(self.params)
+
+    @property
+    def num_params(self) -> int:
+        return len(self.params)
+
+    def all_derivations(self) -> tuple[Derivation, ...]:
+        return tuple(self.derivations) + STANDARD_DERIVATIONS
+
+    def with_priors(self, priors: Mapping[str, PriorSpec] | None) -> Law:
+        """A copy with some priors replaced; unknown names are an error, not silently ignored."""
+        if not priors:
+            return self
+        mean_priors = {k: v for k, v in priors.items() if k in self.params}
+        if not mean_priors:
+            return self
+        params = dict(self.params)
+        for name, prior in mean_priors.items():
+            params[name] = dataclasses.replace(params[name], prior=prior)
+        return dataclasses.replace(self, params=params)
+
+
+def resolve_prior(prior: PriorSpec, stats: Mapping[str, Any]) -> dist.Distribution:
+    return prior(stats) if callable(prior) and not isinstance(prior, dist.Distribution) else prior
+
+
+def data_stats(y, mask=None) -> dict[str, Any]:
+    """Summaries of the observed output that data-dependent priors may use (vmappable: jnp only)."""
+    y = jnp.asarray(y)
+    if mask is None:
+        mask = jnp.ones(y.shape, bool)
+    return {
+        "y_min": jnp.min(jnp.where(mask, y, jnp.inf)),
+        "y_max": jnp.max(jnp.where(mask, y, -jnp.inf)),
+    }
+
+
+# ---- the catalogue registry: every Law object defined in a module of bayescale.models ----
+
+_REGISTERED: dict[str, Law] = {}
+
+
+def register_law(law: Law) -> Law:
+    """Make a user-defined law findable by name (`get_law`, `bayescale fit --law NAME`, `load`)."""
+    _REGISTERED[law.name] = law
+    return law
+
+
+def laws() -> dict[str, Law]:
+    """All laws of the catalogue (`bayescale.models`) and those registered, by name."""
+    import bayescale.models as catalogue
+
+    found: dict[str, Law] = {}
+    for info in sorted(pkgutil.iter_modules(catalogue.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"bayescale.models.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, Law):
+                found.setdefault(value.name, value)
+    found.update(_REGISTERED)
+    return dict(sorted(found.items()))
+
+
+def get_law(name: str | Law) -> Law:
+    if isinstance(name, Law):
+        return name
+    available = laws()
+    if name not in available:
+        raise KeyError(f"unknown law {name!r}; available: {', '.join(available)}")
+    return available[name]

@@ -1,0 +1,112 @@
+"""A law and a likelihood -> a NumPyro model function, and the jitted draws made from it.
+
+The model is a plain function `model(x, stats, y=None, se=None, mask=None)`:
+- `x`: dict of input arrays (user units), `stats`: `law.data_stats` of the observed output (priors such as
+  E < min loss read it), `y`/`se`: observations, `mask`: which entries are real (batch padding).
+All arguments are arrays, so the same model jits once per shape and vmaps over data sets. `law_model`
+returns the same function object for the same (law, likelihood), so jitted code that takes the model as a
+static argument is traced once per process, and the persistent cache serves later processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro import handlers
+from numpyro.distributions.transforms import AffineTransform, ExpTransform
+from numpyro.infer.util import log_likelihood
+
+from bayescale.law import Law, resolve_prior
+from bayescale.likelihood import Likelihood
+
+_MODELS: dict[tuple[int, Likelihood], tuple[Law, object]] = {}
+
+
+def pivot_site(name: str) -> str:
+    """The sampled site behind a pivoted coefficient (internal; summaries show the coefficient itself)."""
+    return f"_log_{name}_at_ref"
+
+
+def _log_reference(values, mask):
+    logs = jnp.log(values)
+    if mask is None:
+        return jnp.mean(logs)
+    return jnp.sum(jnp.where(mask, logs, 0.0)) / jnp.sum(mask)
+
+
+def sample_params(law: Law, stats, x=None, mask=None) -> dict:
+    """Sample the law's parameters; pivoted coefficients through their decorrelated site (see `Param`)."""
+    params = {
+        name: numpyro.sample(name, resolve_prior(p.prior, stats))
+        for name, p in law.params.items()
+        if p.pivot is None
+    }
+    for name, p in law.params.items():
+        if p.pivot is None:
+            continue
+        source, exponent = p.pivot
+        shift = params[exponent] * _log_reference(x[source], mask)
+        # log A_ref = log A - exponent * log x_ref: a shift with unit Jacobian, so the density of the new
+        # site is the declared prior on A carried through log and the shift.
+        prior = dist.TransformedDistribution(
+            resolve_prior(p.prior, stats), [ExpTransform().inv, AffineTransform(-shift, 1.0)]
+        )
+        log_at_ref = numpyro.sample(pivot_site(name), prior)
+        params[name] = numpyro.deterministic(name, jnp.exp(log_at_ref + shift))
+    return params
+
+
+def law_model(law: Law, likelihood: Likelihood):
+    """The NumPyro model of `law` with observation model `likelihood` (memoised per pair)."""
+    if law.numpyro_model is not None:
+        return law.numpyro_model
+    key = (id(law), likelihood)
+    if key in _MODELS and _MODELS[key][0] is law:
+        return _MODELS[key][1]
+
+    def model(x: Mapping, stats: Mapping, y=None, se=None, mask=None):
+        params = sample_params(law, stats, x, mask)
+        likelihood.observe(law.mean(params, x), stats, y=y, se=se, mask=mask)
+
+    model.__name__ = f"{law.name}_model"
+    _MODELS[key] = (law, model)
+    return model
+
+
+def _site_values(model, key, args, kwargs, substitutions=None, sites=None):
+    seeded = handlers.seed(model, key)
+    if substitutions is not None:
+        seeded = handlers.substitute(seeded, data=substitutions)
+    trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+    return {
+        name: site["value"]
+        for name, site in trace.items()
+        if site["type"] in ("sample", "deterministic") and (sites is None or name in sites)
+    }
+
+
+@partial(jax.jit, static_argnames=("model", "sites"))
+def posterior_predictive_draws(model, key, samples, args, kwargs, sites=("y",)):
+    """Sites `sites` drawn once per posterior draw in `samples` (dict of (draws, ...) arrays)."""
+    count = len(next(iter(samples.values())))
+    keys = jax.random.split(key, count)
+    kwargs = {**kwargs, "y": None}
+    return jax.vmap(lambda k, s: _site_values(model, k, args, kwargs, s, sites))(keys, samples)
+
+
+@partial(jax.jit, static_argnames=("model", "num_draws"))
+def prior_draws(model, key, args, kwargs, num_draws: int):
+    """Every sample site (parameters and "y") drawn from the prior, `num_draws` times."""
+    kwargs = {**kwargs, "y": None}
+    return jax.vmap(lambda k: _site_values(model, k, args, kwargs))(jax.random.split(key, num_draws))
+
+
+@partial(jax.jit, static_argnames=("model",))
+def pointwise_log_likelihood(model, samples, args, kwargs):
+    """log p(y_i | theta_s) of each observation for each draw: {"y": (draws, runs)}."""
+    return log_likelihood(model, samples, *args, **kwargs)

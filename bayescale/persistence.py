@@ -1,0 +1,111 @@
+"""Save a fit to one NetCDF file and load it back without refitting.
+
+The file is the fit's ArviZ DataTree (`DataTree.to_netcdf`, h5netcdf engine) with the law's name, the
+likelihood, the prior overrides, the sampler settings, the seed, the MAP and the run provenance as JSON in
+the root's `bayescale` attribute. Laws are stored by name: catalogue laws and laws registered with
+`bayescale.register_law` load by themselves; any other law is passed to `load(path, law=...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import numpy as np
+import numpyro.distributions as dist
+
+from bayescale.diagnostics import check_convergence
+from bayescale.inference import SamplerSettings
+from bayescale.law import Law, get_law
+from bayescale.likelihood import Likelihood
+from bayescale.runs import Runs
+
+FORMAT_VERSION = 1
+
+
+def prior_to_json(prior) -> dict[str, Any]:
+    if isinstance(prior, dist.Distribution) and type(prior).__module__.startswith("numpyro.distributions"):
+        args = {k: np.asarray(getattr(prior, k)).tolist() for k in prior.arg_constraints if hasattr(prior, k)}
+        return {"distribution": type(prior).__name__, "args": args}
+    return {"unserializable": repr(prior)}
+
+
+def prior_from_json(spec: dict[str, Any]):
+    if "distribution" not in spec:
+        return None
+    return getattr(dist, spec["distribution"])(**{k: np.asarray(v) for k, v in spec["args"].items()})
+
+
+def save(fit, path: str | Path) -> Path:
+    path = Path(path)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "law": fit.law.name,
+        "likelihood": fit.likelihood.to_dict(),
+        "priors": {name: prior_to_json(p) for name, p in fit.priors.items()},
+        "settings": fit.settings.to_dict(),
+        "seed": fit.seed,
+        "map": fit.map,
+        "runs": {
+            "labels": [str(v) for v in fit.runs.labels],
+            "sources": fit.runs.sources,
+            "output": fit.runs.output,
+            "has_se": fit.runs.se is not None,
+        },
+    }
+    dt = fit.data.copy()
+    dt.attrs["bayescale"] = json.dumps(meta)
+    tmp = path.with_name(path.name + ".tmp")
+    dt.to_netcdf(tmp, engine="h5netcdf")
+    tmp.replace(path)  # atomic: a killed save never leaves a half-written fit under the final name
+    return path
+
+
+def load(path: str | Path, law: Law | None = None):
+    from bayescale.fit import Fit
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no fit file at {path}")
+    dt = az.from_netcdf(path, engine="h5netcdf")
+    if "bayescale" not in dt.attrs:
+        raise ValueError(f"{path} is not a bayescale fit (no 'bayescale' attribute)")
+    meta = json.loads(dt.attrs["bayescale"])
+    if law is None:
+        try:
+            law = get_law(meta["law"])
+        except KeyError as err:
+            raise KeyError(f"{path}: law {meta['law']!r} is not in the catalogue; pass load(path, law=...)") from err
+    priors = {}
+    for name, spec in meta["priors"].items():
+        prior = prior_from_json(spec)
+        if prior is None:
+            warnings.warn(f"{path}: the prior on {name!r} ({spec['unserializable']}) was not saved; using the law's default", stacklevel=2)
+        else:
+            priors[name] = prior
+    likelihood = Likelihood(**meta["likelihood"]).with_priors(priors)
+    law = law.with_priors(priors)
+    constant = dt.constant_data
+    runs_meta = meta["runs"]
+    runs = Runs(
+        x={k: np.asarray(constant[k]) for k in law.inputs},
+        y=np.asarray(dt.observed_data["y"]),
+        se=np.asarray(constant["se"]) if runs_meta["has_se"] else None,
+        labels=np.asarray(runs_meta["labels"]),
+        sources=runs_meta["sources"],
+        output=runs_meta["output"],
+    )
+    return Fit(
+        law=law,
+        likelihood=likelihood,
+        data=dt,
+        runs=runs,
+        diagnostics=check_convergence(dt, params=[n for n in dt.posterior.data_vars if not str(n).startswith("_")]),
+        settings=SamplerSettings(**meta["settings"]),
+        seed=meta["seed"],
+        map=meta["map"],
+        priors=priors,
+    )

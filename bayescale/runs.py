@@ -1,0 +1,215 @@
+"""Data intake: a table of training runs -> validated arrays of a law's inputs and output.
+
+Accepts a pandas DataFrame or a path to CSV/TSV/Parquet. Columns are mapped to the law's inputs
+(`columns={"N": "Model Size", "C": "Training FLOP"}`); inputs the table lacks are derived where an identity
+allows (D = C / (6 N), M = D / N, ...). Every check names the column and the rows at fault, and nothing is
+dropped silently: a bad table is an error, never a smaller fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bayescale.law import Derivation, Law
+
+
+class DataError(ValueError):
+    """The table of runs cannot be used as it is; the message says which column or rows and why."""
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Validated runs: law inputs `x` (user units, float64), output `y`, optional standard errors `se`."""
+
+    x: dict[str, np.ndarray]
+    y: np.ndarray | None
+    se: np.ndarray | None = None
+    labels: np.ndarray = field(default_factory=lambda: np.array([]))
+    sources: dict[str, str] = field(default_factory=dict)  # law input -> column or derivation it came from
+    output: str = "loss"
+
+    def __len__(self) -> int:
+        return len(next(iter(self.x.values())))
+
+    def to_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.x, index=self.labels)
+        if self.y is not None:
+            frame[self.output] = self.y
+        if self.se is not None:
+            frame["se"] = self.se
+        return frame
+
+
+def read_table(source: pd.DataFrame | str | Path) -> pd.DataFrame:
+    if isinstance(source, pd.DataFrame):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        return pd.read_parquet(path)
+    if suffix == ".tsv":
+        return pd.read_csv(path, sep="\t")
+    if suffix in {".csv", ".txt", ""}:
+        return pd.read_csv(path)
+    raise DataError(f"{path}: unknown table format {suffix!r}; use CSV, TSV or Parquet")
+
+
+def _rows(labels: np.ndarray, bad: np.ndarray, limit: int = 8) -> str:
+    shown = [str(v) for v in labels[bad][:limit]]
+    more = int(bad.sum()) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _numeric_column(table: pd.DataFrame, column: str, role: str, labels: np.ndarray) -> np.ndarray:
+    if column not in table.columns:
+        raise DataError(
+            f"column {column!r} ({role}) is not in the table; columns are: {', '.join(map(str, table.columns))}"
+        )
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+    text = table[column].notna().to_numpy() & np.isnan(values)
+    if text.any():
+        raise DataError(f"column {column!r} ({role}) is not numeric at rows {_rows(labels, text)}")
+    missing = np.isnan(values)
+    if missing.any():
+        raise DataError(f"column {column!r} ({role}) has missing values (NaN) at rows {_rows(labels, missing)}")
+    infinite = np.isinf(values)
+    if infinite.any():
+        raise DataError(f"column {column!r} ({role}) has infinite values at rows {_rows(labels, infinite)}")
+    return values
+
+
+def _require_positive(values: np.ndarray, what: str, labels: np.ndarray) -> None:
+    bad = values <= 0
+    if bad.any():
+        raise DataError(f"{what} must be positive; non-positive at rows {_rows(labels, bad)}")
+
+
+def _find_column(table: pd.DataFrame, name: str) -> str | None:
+    """The column for a law input the user did not map: its exact name, else a unique case-insensitive match."""
+    if name in table.columns:
+        return name
+    matches = [c for c in table.columns if str(c).lower() == name.lower()]
+    if len(matches) > 1:
+        raise DataError(
+            f"law input {name!r} is ambiguous: columns {matches} all match; map one explicitly "
+            f"(columns={{{name!r}: ...}} or --column {name}=COLUMN)"
+        )
+    return matches[0] if matches else None
+
+
+def resolve_inputs(
+    available: Mapping[str, np.ndarray], needed: Sequence[str], derivations: Sequence[Derivation]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Compute the needed inputs from those available, applying derivations until nothing changes."""
+    values = dict(available)
+    how = {k: k for k in available}
+    changed = True
+    while changed and not all(k in values for k in needed):
+        changed = False
+        for rule in derivations:
+            if rule.target not in values and all(s in values for s in rule.sources):
+                values[rule.target] = rule.compute(*(values[s] for s in rule.sources))
+                how[rule.target] = rule.description or f"{rule.target} from {', '.join(rule.sources)}"
+                changed = True
+    missing = [k for k in needed if k not in values]
+    if missing:
+        hints = [
+            f"{r.target} from ({', '.join(r.sources)})" for r in derivations if r.target in missing
+        ]
+        raise DataError(
+            f"law inputs {missing} are neither columns nor derivable from {sorted(available)}"
+            + (f"; derivable as {'; '.join(hints)}" if hints else "")
+            + "; map columns with columns={'N': 'my column'} (CLI: --column N=COLUMN)"
+        )
+    return {k: values[k] for k in needed}, {k: how[k] for k in needed}
+
+
+def runs_from_table(
+    source: pd.DataFrame | str | Path,
+    law: Law,
+    *,
+    columns: Mapping[str, str] | None = None,
+    y: str | None = "loss",
+    se: str | None = None,
+    allow_repeats: bool = False,
+    positive_output: bool = True,
+) -> Runs:
+    """Validate a table for `law` and return its runs.
+
+    `columns` maps input names (the law's, or ones it derives from such as C) to table columns; unmapped law
+    inputs are looked up by name. `y=None` reads inputs only (points to predict at). `allow_repeats` accepts
+    several runs at the same inputs (seeds); otherwise duplicates are an error.
+    """
+    table = read_table(source)
+    if len(table) == 0:
+        raise DataError("the table has no rows")
+    labels = np.asarray(table.index)
+    columns = dict(columns or {})
+    derivations = law.all_derivations()
+
+    available: dict[str, np.ndarray] = {}
+    sources: dict[str, str] = {}
+    for name, column in columns.items():
+        available[name] = _numeric_column(table, column, f"input {name}", labels)
+        sources[name] = column
+    for name in law.inputs:
+        if name in available:
+            continue
+        column = _find_column(table, name)
+        if column is not None:
+            available[name] = _numeric_column(table, column, f"input {name}", labels)
+            sources[name] = column
+    for name, values in available.items():
+        _require_positive(values, f"input {name} (column {sources[name]!r})", labels)
+
+    x, how = resolve_inputs(available, law.inputs, derivations)
+    x = {k: np.asarray(v, dtype=float) for k, v in x.items()}
+    for name in law.inputs:
+        if name not in sources:
+            sources[name] = f"derived: {how[name]}"
+            bad = ~np.isfinite(x[name]) | (x[name] <= 0)
+            if bad.any():
+                raise DataError(f"derived input {name} ({how[name]}) is not positive and finite at rows {_rows(labels, bad)}")
+
+    y_values = se_values = None
+    if y is not None:
+        y_values = _numeric_column(table, y, "output", labels)
+        if positive_output:
+            _require_positive(y_values, f"output column {y!r}", labels)
+    if se is not None:
+        se_values = _numeric_column(table, se, "standard error", labels)
+        _require_positive(se_values, f"standard-error column {se!r}", labels)
+
+    if not allow_repeats:
+        keys = pd.DataFrame({k: x[k] for k in law.inputs})
+        dup = keys.duplicated(keep=False).to_numpy()
+        if dup.any():
+            groups = keys[dup].groupby(list(law.inputs), sort=False).groups
+            first = list(groups.values())[0]
+            raise DataError(
+                f"duplicate runs: {int(dup.sum())} rows share their inputs ({', '.join(law.inputs)}), e.g. rows "
+                f"{', '.join(str(labels[i]) for i in first)}; remove them, or pass allow_repeats=True "
+                f"(CLI --allow-repeats) if they are repeated seeds"
+            )
+
+    if y is not None and law.numpyro_model is None:
+        need = law.num_params + 1
+        if len(table) < need:
+            raise DataError(
+                f"law {law.name!r} has {law.num_params} parameters ({', '.join(law.param_names)}); "
+                f"the table has {len(table)} runs, fewer than the {need} needed to fit it"
+            )
+    return Runs(x=x, y=y_values, se=se_values, labels=labels, sources=sources, output=y or "loss")
+
+
+def points_from_mapping(at: Mapping[str, float | Sequence[float]] | pd.DataFrame, law: Law) -> Runs:
+    """Inputs to predict at, given as {"N": 70e9, "D": 1.4e12} or a DataFrame; derived and validated."""
+    frame = at if isinstance(at, pd.DataFrame) else pd.DataFrame({k: np.atleast_1d(v) for k, v in at.items()})
+    return runs_from_table(frame, law, columns={str(c): c for c in frame.columns}, y=None, allow_repeats=True)
