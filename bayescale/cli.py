@@ -1,0 +1,237 @@
+"""The `bayescale` command: a thin layer over the Python API (fit, summary, predict, optimal, laws).
+
+Every verb prints a readable table, or JSON with --json (for scripts and CI). Exit status: 0 on success,
+2 on bad input (the message names the column or row), 3 when --strict is given and the fit did not converge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+EXIT_BAD_INPUT = 2
+EXIT_NOT_CONVERGED = 3
+
+
+def _key_values(text: str, what: str) -> dict[str, str]:
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{what}: expected NAME=VALUE, got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_columns(items: list[str]) -> dict[str, str]:
+    columns = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--column: expected INPUT=COLUMN, got {item!r}")
+        columns[key.strip()] = value.strip().strip('"')
+    return columns
+
+
+def parse_point(text: str) -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in _key_values(text, "--at").items()}
+    except ValueError as err:
+        raise ValueError(f"--at {text!r}: {err}") from None
+
+
+def parse_prior(text: str):
+    """NAME=Distribution(args), e.g. alpha=LogNormal(-1.2, 0.5): numpyro distributions with numeric args."""
+    import numpyro.distributions as dist
+
+    name, sep, expr = text.partition("=")
+    if not sep:
+        raise ValueError(f"--prior: expected NAME=Distribution(args), got {text!r}")
+    tree = ast.parse(expr.strip(), mode="eval").body
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and hasattr(dist, tree.func.id)):
+        raise ValueError(f"--prior {text!r}: not a numpyro distribution call such as LogNormal(-1.2, 0.5)")
+    args = [ast.literal_eval(a) for a in tree.args]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
+    return name.strip(), getattr(dist, tree.func.id)(*args, **kwargs)
+
+
+def _print_table(frame: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.6g}".format):
+        print(frame.to_string())
+
+
+def _json(obj) -> None:
+    def default(value):
+        if isinstance(value, np.generic | np.ndarray):
+            return value.tolist()
+        return str(value)
+
+    print(json.dumps(obj, indent=2, default=default))
+
+
+def cmd_fit(args) -> int:
+    import bayescale as bs
+
+    if args.example:
+        example = bs.EXAMPLES[args.example]
+        table = bs.load_example(args.example)
+        law, columns, y = args.law or example.law, {**example.columns, **parse_columns(args.column)}, args.y or example.y
+    else:
+        if not args.data:
+            raise ValueError("give a table of runs (CSV or Parquet) or --example NAME")
+        table, law, columns, y = args.data, args.law, parse_columns(args.column), args.y or "loss"
+        if not law:
+            raise ValueError("--law is required (see `bayescale laws`)")
+    likelihood = bs.Likelihood(family=args.likelihood, nu=None if args.nu == "fit" else float(args.nu))
+    priors = dict(parse_prior(p) for p in args.prior or [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", bs.ConvergenceWarning)
+        result = bs.fit(
+            table, law, columns=columns, y=y, se=args.se, likelihood=likelihood, priors=priors,
+            num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed,
+            allow_repeats=args.allow_repeats,
+        )
+    for w in caught:
+        if issubclass(w.category, bs.ConvergenceWarning):
+            print(f"WARNING: {w.message}", file=sys.stderr)
+    out = Path(args.out)
+    bs.save(result, out)
+    if args.json:
+        _json({"file": str(out), "law": result.law.name, "converged": result.converged,
+               "summary": result.summary().to_dict(orient="index"), "diagnostics": result.diagnostics.to_dict()})
+    else:
+        print(f"{result!r} -> {out}")
+        _print_table(result.summary())
+    return EXIT_NOT_CONVERGED if args.strict and not result.converged else 0
+
+
+def cmd_summary(args) -> int:
+    import bayescale as bs
+
+    result = bs.load(args.fit)
+    if args.json:
+        _json({"law": result.law.name, "likelihood": result.likelihood.to_dict(), "runs": len(result.runs),
+               "converged": result.converged, "summary": result.summary().to_dict(orient="index"),
+               "diagnostics": result.diagnostics.to_dict()})
+    else:
+        print(repr(result))
+        _print_table(result.summary())
+        for problem in result.diagnostics.problems:
+            print(f"NOT CONVERGED: {problem}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import bayescale as bs
+
+    result = bs.load(args.fit)
+    points = pd.DataFrame([parse_point(p) for p in args.at])
+    prediction = bs.predict(result, points, seed=args.seed)
+    levels = (args.level_low, 0.5, 1 - args.level_low)
+    if args.json:
+        _json({"converged": result.converged, **prediction.to_dict(levels)})
+    else:
+        _print_table(prediction.quantiles(levels))
+    return 0
+
+
+def cmd_optimal(args) -> int:
+    import bayescale as bs
+
+    result = bs.load(args.fit)
+    allocation = bs.optimal_allocation(result, [float(c) for c in args.compute])
+    levels = (args.level_low, 0.5, 1 - args.level_low)
+    if args.json:
+        _json({"converged": result.converged, **allocation.to_dict(levels)})
+    else:
+        _print_table(allocation.quantiles(levels).set_index("compute").T)
+    return 0
+
+
+def cmd_laws(args) -> int:
+    import bayescale as bs
+
+    catalogue = bs.laws()
+    rows = {
+        name: {"inputs": ", ".join(law.inputs), "parameters": ", ".join(law.param_names) or "(numpyro model)",
+               "form": law.form, "reference": law.reference}
+        for name, law in catalogue.items()
+    }
+    if args.json:
+        _json(rows)
+    else:
+        _print_table(pd.DataFrame(rows).T[["inputs", "parameters", "form"]])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian scaling-law inference.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit a law to a table of runs and save the posterior")
+    p.add_argument("data", nargs="?", help="CSV, TSV or Parquet table of runs")
+    p.add_argument("--example", choices=["chinchilla"], help="use an example data set shipped with bayescale")
+    p.add_argument("--law", help="law name (see `bayescale laws`)")
+    p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
+    p.add_argument("--y", help="output column (default: loss)")
+    p.add_argument("--se", help="column of known standard errors of the output")
+    p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
+    p.add_argument("--nu", default="4", help="Student-t degrees of freedom, or 'fit'")
+    p.add_argument("--prior", action="append", metavar="NAME=DIST(ARGS)", help="override a prior, e.g. alpha='LogNormal(-1.2, 0.5)'")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-repeats", action="store_true", help="accept several runs at the same inputs")
+    p.add_argument("--out", required=True, help="file to save the fit to (NetCDF)")
+    p.add_argument("--strict", action="store_true", help=f"exit {EXIT_NOT_CONVERGED} if the fit did not converge")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("summary", help="posterior summary and diagnostics of a saved fit")
+    p.add_argument("fit")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("predict", help="posterior predictive at new inputs")
+    p.add_argument("fit")
+    p.add_argument("--at", action="append", required=True, metavar="N=...,D=...", help="a point (repeatable)")
+    p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (default 0.05: 90%%)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("optimal", help="compute-optimal parameters and tokens for a compute budget")
+    p.add_argument("fit")
+    p.add_argument("--compute", action="append", required=True, help="compute budget in FLOP (repeatable)")
+    p.add_argument("--level-low", type=float, default=0.05)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_optimal)
+
+    p = sub.add_parser("laws", help="list the law families")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_laws)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bayescale.runs import DataError
+
+    try:
+        return args.func(args)
+    except (DataError, ValueError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
