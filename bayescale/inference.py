@@ -24,7 +24,10 @@ class SamplerSettings:
     num_warmup: int = 1000
     num_samples: int = 1000
     num_chains: int = 4
-    target_accept_prob: float = 0.9
+    # 0.95, not numpyro's 0.8: when an exponent is small, E and its coefficient trade off along a narrow
+    # tail (A / N^alpha ~ constant), and smaller steps there removed the rare divergences on simulated
+    # Chinchilla data (9 of 9 fits clean at 0.95 vs 1 of 9 with a divergence at 0.9).
+    target_accept_prob: float = 0.95
     max_tree_depth: int = 10
     dense_mass: bool = True
     chain_method: str = "auto"   # "auto", "parallel", "vectorized" or "sequential"

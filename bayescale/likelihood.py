@@ -3,7 +3,7 @@
 The default is Normal on log loss with a fitted scale `sigma` (relative error, the way loss curves scatter).
 `student_t` is the robust option, the Bayesian counterpart of the Huber-on-log-loss fits the field uses
 (Hoffmann et al. 2022, Besiroglu et al. 2024): a few off-trend runs do not drag the exponents. Known per-run
-standard errors (`se`, in output units) enter as sd_i = sqrt((se_i / y_i)^2 + sigma^2) on the log scale.
+standard errors (`se`, in output units) enter as sd_i = sqrt((se_i / mean_i)^2 + sigma^2) on the log scale.
 
 The observed site is named "y" and is in output units (LogNormal / exp-transformed Student-t), so posterior
 predictive draws and ArviZ's observed_data are loss values, not logs.
@@ -68,10 +68,11 @@ class Likelihood:
             noise["nu"] = numpyro.sample("nu", resolve_prior(self.nu_prior, stats))
         return noise
 
-    def distribution(self, mean, noise: Mapping[str, Any], y=None, se=None) -> dist.Distribution:
+    def distribution(self, mean, noise: Mapping[str, Any], se=None) -> dist.Distribution:
         sigma = noise["sigma"]
         if se is not None:
-            sigma = jnp.sqrt((se / y) ** 2 + sigma**2)
+            # Delta method: an output-scale error se is a relative error se / mean on the log scale.
+            sigma = jnp.sqrt((se / mean) ** 2 + sigma**2)
         loc = jnp.log(mean)
         if self.family == "normal":
             return dist.LogNormal(loc, sigma)
@@ -81,7 +82,7 @@ class Likelihood:
     def observe(self, mean, stats, y=None, se=None, mask=None) -> None:
         noise = self.sample_noise(stats)
         with numpyro.handlers.mask(mask=True if mask is None else mask):
-            numpyro.sample("y", self.distribution(mean, noise, y, se), obs=y)
+            numpyro.sample("y", self.distribution(mean, noise, se), obs=y)
 
     # ---- outside a model: a new run at new inputs, given posterior draws ----
     def sample_new(self, key, mean, noise: Mapping[str, Any]):

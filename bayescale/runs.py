@@ -91,14 +91,28 @@ def _require_positive(values: np.ndarray, what: str, labels: np.ndarray) -> None
         raise DataError(f"{what} must be positive; non-positive at rows {_rows(labels, bad)}")
 
 
+# Column names that studies use for the standard inputs, matched after lower-casing and folding spaces,
+# hyphens and underscores; an exact column name always wins.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "N": ("n", "params", "parameters", "n_params", "num_params", "n_parameters", "model_size", "model_params"),
+    "D": ("d", "tokens", "n_tokens", "d_tokens", "num_tokens", "training_tokens", "data"),
+    "C": ("c", "flops", "compute", "training_flop", "training_flops", "flops_6nd", "training_compute"),
+}
+
+
+def _fold(name) -> str:
+    return "".join("_" if ch in " -_" else ch for ch in str(name).strip().lower())
+
+
 def _find_column(table: pd.DataFrame, name: str) -> str | None:
-    """The column for a law input the user did not map: its exact name, else a unique case-insensitive match."""
+    """The column for an input the user did not map: its exact name, else a unique alias match."""
     if name in table.columns:
         return name
-    matches = [c for c in table.columns if str(c).lower() == name.lower()]
+    wanted = {_fold(name), *ALIASES.get(name, ())}
+    matches = [c for c in table.columns if _fold(c) in wanted]
     if len(matches) > 1:
         raise DataError(
-            f"law input {name!r} is ambiguous: columns {matches} all match; map one explicitly "
+            f"law input {name!r} is ambiguous: columns {matches} could all be it; map one explicitly "
             f"(columns={{{name!r}: ...}} or --column {name}=COLUMN)"
         )
     return matches[0] if matches else None
@@ -159,7 +173,8 @@ def runs_from_table(
     for name, column in columns.items():
         available[name] = _numeric_column(table, column, f"input {name}", labels)
         sources[name] = column
-    for name in law.inputs:
+    wanted = dict.fromkeys([*law.inputs, *(s for rule in derivations for s in rule.sources)])
+    for name in wanted:
         if name in available:
             continue
         column = _find_column(table, name)

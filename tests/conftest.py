@@ -1,0 +1,44 @@
+"""Shared fixtures: simulated data from known laws and the real Chinchilla runs."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import bayescale  # noqa: E402,F401  (before any other JAX use: float64, host devices, compile cache)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+# Besiroglu et al. 2024's refit of Chinchilla (../shared/data/README.md).
+BESIROGLU = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
+BESIROGLU_95 = {
+    "E": (1.769, 1.871),
+    "A": (285.0, 744.0),
+    "B": (1042.0, 5810.0),
+    "alpha": (0.317, 0.373),
+    "beta": (0.331, 0.415),
+}
+
+
+def chinchilla_loss(p, N, D):
+    return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+
+
+def simulate_chinchilla(params=BESIROGLU, num_runs=60, sigma=0.01, seed=0) -> pd.DataFrame:
+    """IsoFLOP-like ladder: log-uniform N, tokens-per-parameter between 2 and 200, log-normal noise."""
+    rng = np.random.default_rng(seed)
+    N = np.exp(rng.uniform(np.log(5e7), np.log(5e9), num_runs))
+    D = N * np.exp(rng.uniform(np.log(2.0), np.log(200.0), num_runs))
+    loss = chinchilla_loss(params, N, D) * np.exp(sigma * rng.standard_normal(num_runs))
+    return pd.DataFrame({"N": N, "D": D, "loss": loss})
+
+
+@pytest.fixture(scope="session")
+def chinchilla_table() -> pd.DataFrame:
+    return bayescale.load_example("chinchilla")
+
+
+@pytest.fixture(scope="session")
+def besiroglu_table(chinchilla_table) -> pd.DataFrame:
+    """Besiroglu et al.'s 240 points: the 245 runs less the five with the highest loss."""
+    return chinchilla_table.sort_values("loss").iloc[:-5]
