@@ -132,13 +132,15 @@ def cmd_predict(args) -> int:
     import bayescale as bs
 
     result = bs.load(args.fit)
-    points = pd.DataFrame([parse_point(p) for p in args.at])
-    prediction = bs.predict(result, points, seed=args.seed)
     levels = (args.level_low, 0.5, 1 - args.level_low)
+    # Each --at stands alone: one point may give D and another C.
+    table = pd.concat(
+        [bs.predict(result, parse_point(p), seed=args.seed).quantiles(levels) for p in args.at], ignore_index=True
+    )
     if args.json:
-        _json({"converged": result.converged, **prediction.to_dict(levels)})
+        _json({"converged": result.converged, "output": result.runs.output, "points": table.to_dict(orient="records")})
     else:
-        _print_table(prediction.quantiles(levels))
+        _print_table(table)
     return 0
 
 

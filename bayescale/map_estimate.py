@@ -71,7 +71,7 @@ def _unconstrain(model, params, model_args, model_kwargs):
 
 @dataclass(frozen=True)
 class MapResult:
-    params: dict[str, float]            # constrained, user units
+    params: dict[str, float]            # scalar sites, constrained, user units
     unconstrained: dict[str, Any]       # NumPyro's sampling space, for initialising NUTS
     log_density: float                  # unnormalised log posterior at the mode (unconstrained space)
     start_values: np.ndarray            # final potential energy of every start
@@ -99,7 +99,9 @@ def map_estimate(
         raise FloatingPointError("MAP failed: the log density is not finite at any start; check the priors and data")
     constrained = info.postprocess_fn(best_u)
     return MapResult(
-        params={k: float(np.asarray(v)) for k, v in constrained.items() if not k.startswith("_")},
+        params={
+            k: float(np.asarray(v)) for k, v in constrained.items() if not k.startswith("_") and np.ndim(v) == 0
+        },
         unconstrained=best_u,
         log_density=-float(np.min(values)),
         start_values=values,

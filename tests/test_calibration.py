@@ -1,0 +1,67 @@
+"""Simulation-based calibration: draw parameters from the prior, simulate runs, fit, and count how often
+the 90% posterior intervals cover the truth. For a correct sampler and model the rate is 90%.
+
+The one-variable saturating power law with data-independent priors (SBC needs a prior that does not look
+at the data): 20 replications x 4 parameters = 80 interval checks in the default run (binomial sd ~2.7
+checks around 72), 100 replications in the slow run.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pandas as pd
+import pytest
+from scipy import stats
+
+import bayescale as bs
+from bayescale.model import law_model, prior_draws
+
+PRIORS = {
+    "E": dist.LogNormal(jnp.log(2.0), 0.2),
+    "A": dist.LogNormal(jnp.log(20.0), 0.5),
+    "alpha": dist.LogNormal(jnp.log(0.3), 0.3),
+    "sigma": dist.LogNormal(jnp.log(0.02), 0.3),
+}
+X = np.geomspace(1e4, 1e8, 16)
+
+
+def simulate(replications: int, seed: int):
+    law = bs.get_law("power_law").with_priors(PRIORS)
+    likelihood = bs.Likelihood().with_priors(PRIORS)
+    model = law_model(law, likelihood)
+    draws = prior_draws(model, jax.random.PRNGKey(seed), ({"x": jnp.asarray(X)}, {"y_min": 1.0}), {"y": None}, replications)
+    return {k: np.asarray(v) for k, v in draws.items()}
+
+
+def coverage(replications: int, seed: int, level: float = 0.9):
+    sims = simulate(replications, seed)
+    hits, ranks = [], []
+    for i in range(replications):
+        table = pd.DataFrame({"x": X, "loss": sims["y"][i]})
+        fit = bs.fit(table, "power_law", priors=PRIORS, num_warmup=400, num_samples=400, num_chains=2, seed=i)
+        posterior = bs.draws(fit)
+        for name in PRIORS:
+            truth = sims[name][i]
+            low, high = np.quantile(posterior[name], [(1 - level) / 2, (1 + level) / 2])
+            hits.append(low <= truth <= high)
+            ranks.append(np.mean(posterior[name] < truth))
+    return np.array(hits), np.array(ranks)
+
+
+def test_90_percent_intervals_cover_at_a_rate_consistent_with_90_percent():
+    hits, ranks = coverage(replications=20, seed=0)
+    n, k = hits.size, int(hits.sum())
+    p_value = stats.binomtest(k, n, 0.9).pvalue
+    print(f"\nSBC: {k}/{n} = {k / n:.3f} of 90% intervals cover the truth (binomial p = {p_value:.3f})")
+    assert p_value > 0.01
+    # Ranks of the truth within the posterior are uniform when calibrated (Talts et al. 2018).
+    assert stats.kstest(ranks, "uniform").pvalue > 0.01
+
+
+@pytest.mark.slow
+def test_calibration_with_100_replications():
+    hits, ranks = coverage(replications=100, seed=1)
+    print(f"\nSBC (100 replications): {hits.mean():.3f} coverage; KS p = {stats.kstest(ranks, 'uniform').pvalue:.3f}")
+    assert stats.binomtest(int(hits.sum()), hits.size, 0.9).pvalue > 0.01
+    assert stats.kstest(ranks, "uniform").pvalue > 0.01

@@ -1,0 +1,85 @@
+"""The `bayescale` command: the README's verbs, JSON output, and exit codes."""
+
+import json
+
+import pytest
+
+from bayescale.cli import EXIT_BAD_INPUT, main, parse_prior
+from conftest import simulate_chinchilla
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cli")
+    data = directory / "runs.csv"
+    simulate_chinchilla(num_runs=40, seed=3).rename(columns={"N": "params", "D": "tokens"}).to_csv(data, index=False)
+    out = directory / "chinchilla.fit"
+    code = main(["fit", str(data), "--law", "chinchilla", "--column", "N=params", "--column", "D=tokens",
+                 "--warmup", "300", "--draws", "300", "--chains", "2", "--out", str(out)])
+    assert code == 0
+    return directory, out
+
+
+def run_json(capsys, argv):
+    capsys.readouterr()
+    code = main(argv + ["--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_summary_json(fitted, capsys):
+    _, out = fitted
+    code, payload = run_json(capsys, ["summary", str(out)])
+    assert code == 0
+    assert payload["law"] == "chinchilla" and payload["runs"] == 40
+    assert set(payload["summary"]) >= {"E", "A", "alpha", "B", "beta", "sigma"}
+    assert 0.2 < payload["summary"]["alpha"]["q50"] < 0.5
+
+
+def test_predict_json(fitted, capsys):
+    _, out = fitted
+    code, payload = run_json(capsys, ["predict", str(out), "--at", "N=70e9,D=1.4e12", "--at", "N=1e9,C=1.2e20"])
+    assert code == 0
+    first, second = payload["points"]
+    assert first["N"] == 70e9 and second["D"] == pytest.approx(1.2e20 / 6e9)
+    assert first["mean_q5"] < first["mean_q50"] < first["mean_q95"]
+
+
+def test_optimal_json(fitted, capsys):
+    _, out = fitted
+    code, payload = run_json(capsys, ["optimal", str(out), "--compute", "5.76e23"])
+    assert code == 0
+    budget = payload["budgets"][0]
+    assert budget["compute"] == 5.76e23
+    assert budget["N_q5"] < budget["N_q50"] < budget["N_q95"]
+    assert budget["D_q50"] * budget["N_q50"] * 6 == pytest.approx(5.76e23, rel=0.5)
+
+
+def test_laws_json(capsys):
+    code, payload = run_json(capsys, ["laws"])
+    assert code == 0
+    assert payload["chinchilla"]["inputs"] == "N, D"
+
+
+def test_bad_input_exits_2_with_the_column_named(fitted, capsys):
+    directory, _ = fitted
+    bad = directory / "bad.csv"
+    bad.write_text("params,tokens,loss\n1e8,2e9,3.1\n2e8,nan,2.9\n")
+    code = main(["fit", str(bad), "--law", "chinchilla", "--column", "N=params", "--column", "D=tokens",
+                 "--out", str(directory / "bad.fit")])
+    assert code == EXIT_BAD_INPUT
+    assert "column 'tokens' (input D) has missing values (NaN) at rows 1" in capsys.readouterr().err
+
+
+def test_bad_point_and_unknown_law(fitted, capsys):
+    directory, out = fitted
+    assert main(["predict", str(out), "--at", "N=1e9;D=2"]) == EXIT_BAD_INPUT
+    assert "--at" in capsys.readouterr().err
+    assert main(["fit", str(directory / "runs.csv"), "--law", "chinchila", "--out", "x.fit"]) == EXIT_BAD_INPUT
+    assert "unknown law 'chinchila'" in capsys.readouterr().err
+
+
+def test_prior_parsing():
+    name, prior = parse_prior("alpha=LogNormal(-1.2, 0.5)")
+    assert name == "alpha" and float(prior.loc) == -1.2 and float(prior.scale) == 0.5
+    with pytest.raises(ValueError, match="not a numpyro distribution"):
+        parse_prior("alpha=__import__('os').system('true')")
