@@ -26,10 +26,13 @@ PRIORS = {
 X = np.geomspace(1e4, 1e8, 16)
 
 
+# Built once, so every fit reuses one model and its compiled sampler.
+LAW = bs.get_law("power_law").with_priors(PRIORS)
+LIKELIHOOD = bs.Likelihood().with_priors(PRIORS)
+
+
 def simulate(replications: int, seed: int):
-    law = bs.get_law("power_law").with_priors(PRIORS)
-    likelihood = bs.Likelihood().with_priors(PRIORS)
-    model = law_model(law, likelihood)
+    model = law_model(LAW, LIKELIHOOD)
     draws = prior_draws(model, jax.random.PRNGKey(seed), ({"x": jnp.asarray(X)}, {"y_min": 1.0}), {"y": None}, replications)
     return {k: np.asarray(v) for k, v in draws.items()}
 
@@ -39,7 +42,7 @@ def coverage(replications: int, seed: int, level: float = 0.9):
     hits, ranks = [], []
     for i in range(replications):
         table = pd.DataFrame({"x": X, "loss": sims["y"][i]})
-        fit = bs.fit(table, "power_law", priors=PRIORS, num_warmup=400, num_samples=400, num_chains=2, seed=i)
+        fit = bs.fit(table, LAW, likelihood=LIKELIHOOD, num_warmup=400, num_samples=400, num_chains=2, seed=i)
         posterior = bs.draws(fit)
         for name in PRIORS:
             truth = sims[name][i]

@@ -75,7 +75,7 @@ def test_optimal_allocation_matches_chinchillas_closed_form(fit):
 def test_optimal_allocation_needs_a_law_of_parameters_and_tokens():
     table = pd.DataFrame({"x": np.geomspace(1e3, 1e6, 12)})
     table["loss"] = (2 + 30 * table.x**-0.3) * np.exp(0.01 * np.random.default_rng(0).standard_normal(12))
-    fit = bs.fit(table, "power_law", num_warmup=300, num_samples=300, num_chains=2, seed=0)
+    fit = bs.fit(table, "power_law", num_warmup=500, num_samples=500, seed=0)
     with pytest.raises(ValueError, match="not a law of parameters and tokens"):
         bs.optimal_allocation(fit, 1e21)
 
