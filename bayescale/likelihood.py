@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
@@ -28,6 +29,22 @@ FAMILIES = ("normal", "student_t")
 DEFAULT_SIGMA_PRIOR = dist.HalfNormal(0.1)
 # Juarez & Steel (2010): Gamma(2, 0.1) on Student-t degrees of freedom, mean 20, weak towards robustness.
 DEFAULT_NU_PRIOR = dist.Gamma(2.0, 0.1)
+
+
+class IntegerStudentT(dist.StudentT):
+    """Student-t with a fixed whole number of degrees of freedom, sampled as z / sqrt(chi2_nu / nu) with
+    chi2_nu a sum of nu squared normals. Same distribution as `dist.StudentT` (whose sampler draws a
+    rejection-sampled gamma, ~2 us per draw on CPU: 2 s for a fit's posterior predictive), ~20x faster."""
+
+    def __init__(self, df: int, loc=0.0, scale=1.0, *, validate_args=None):
+        self.whole_df = int(df)
+        super().__init__(float(df), loc, scale, validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        shape = sample_shape + self.batch_shape
+        normals = jax.random.normal(key, (self.whole_df + 1, *shape))
+        chi2 = jnp.sum(normals[1:] ** 2, axis=0)
+        return self.loc + self.scale * normals[0] * jnp.sqrt(self.whole_df / chi2)
 
 
 @dataclass(frozen=True)
@@ -76,8 +93,13 @@ class Likelihood:
         loc = jnp.log(mean)
         if self.family == "normal":
             return dist.LogNormal(loc, sigma)
-        nu = noise["nu"] if "nu" in noise else self.nu
-        return dist.TransformedDistribution(dist.StudentT(nu, loc, sigma), ExpTransform())
+        if "nu" in noise:
+            core = dist.StudentT(noise["nu"], loc, sigma)
+        elif float(self.nu).is_integer() and self.nu <= 64:
+            core = IntegerStudentT(int(self.nu), loc, sigma)
+        else:
+            core = dist.StudentT(self.nu, loc, sigma)
+        return dist.TransformedDistribution(core, ExpTransform())
 
     def observe(self, mean, stats, y=None, se=None, mask=None) -> None:
         noise = self.sample_noise(stats)

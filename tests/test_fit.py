@@ -135,3 +135,18 @@ def test_a_fit_that_did_not_converge_says_so_loudly():
     assert messages and "DID NOT CONVERGE" in messages[0]
     assert "ESS" in messages[0] and "draw more samples" in messages[0]
     assert "NOT CONVERGED" in repr(fit)
+
+
+def test_fast_student_t_sampler_has_the_student_t_distribution():
+    import jax
+    import numpyro.distributions as nd
+    from scipy import stats
+
+    from bayescale.likelihood import IntegerStudentT
+
+    draws = np.concatenate(
+        [np.asarray(IntegerStudentT(4, 0.5, 2.0).sample(jax.random.PRNGKey(k), (200_000,))) for k in range(5)]
+    )
+    assert stats.kstest(draws, stats.t(df=4, loc=0.5, scale=2.0).cdf).pvalue > 0.01
+    x = np.linspace(-5, 5, 7)
+    np.testing.assert_allclose(IntegerStudentT(4, 0.5, 2.0).log_prob(x), nd.StudentT(4.0, 0.5, 2.0).log_prob(x))
