@@ -1,7 +1,7 @@
 """Save a fit to one NetCDF file and load it back without refitting.
 
-The file is the fit's ArviZ DataTree (`DataTree.to_netcdf`, h5netcdf engine) with the law's name, the
-likelihood, the prior overrides, the sampler settings, the seed, the MAP and the run provenance as JSON in
+The file is the fit's ArviZ DataTree (`DataTree.to_netcdf`, h5netcdf engine) with the law's declaration
+(name, inputs, parameters with descriptions and priors, form, source), the likelihood, the prior overrides, the sampler settings, the seed, the MAP and the run provenance as JSON in
 the root's `bayescale` attribute. Laws are stored by name: catalogue laws and laws registered with
 `bayescale.register_law` load by themselves; any other law is passed to `load(path, law=...)`.
 """
@@ -39,11 +39,28 @@ def prior_from_json(spec: dict[str, Any]):
     return getattr(dist, spec["distribution"])(**{k: np.asarray(v) for k, v in spec["args"].items()})
 
 
+def law_declaration(law: Law) -> dict[str, Any]:
+    """What the file records of the law: enough to read the posterior without the code, and to refuse a
+    law whose inputs or parameters differ from the ones the fit was made with."""
+    return {
+        "name": law.name,
+        "inputs": list(law.inputs),
+        "output": law.output,
+        "form": law.form,
+        "reference": law.reference,
+        "params": {
+            name: {"description": p.description, "prior": repr(p.prior), "pivot": list(p.pivot) if p.pivot else None}
+            for name, p in law.params.items()
+        },
+    }
+
+
 def save(fit, path: str | Path) -> Path:
     path = Path(path)
     meta = {
         "format_version": FORMAT_VERSION,
         "law": fit.law.name,
+        "law_declaration": law_declaration(fit.law),
         "likelihood": fit.likelihood.to_dict(),
         "priors": {name: prior_to_json(p) for name, p in fit.priors.items()},
         "settings": fit.settings.to_dict(),
@@ -79,6 +96,12 @@ def load(path: str | Path, law: Law | None = None):
             law = get_law(meta["law"])
         except KeyError as err:
             raise KeyError(f"{path}: law {meta['law']!r} is not in the catalogue; pass load(path, law=...)") from err
+    saved = meta["law_declaration"]
+    if list(law.inputs) != saved["inputs"] or list(law.params) != list(saved["params"]):
+        raise ValueError(
+            f"{path}: the fit was made with law {saved['name']!r} of inputs {saved['inputs']} and parameters "
+            f"{list(saved['params'])}; law {law.name!r} has inputs {list(law.inputs)} and parameters {list(law.params)}"
+        )
     priors = {}
     for name, spec in meta["priors"].items():
         prior = prior_from_json(spec)

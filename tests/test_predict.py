@@ -121,6 +121,8 @@ def test_a_user_law_in_a_few_lines_fits_saves_and_reloads(tmp_path):
     fit.save(tmp_path / "user.nc")
     with pytest.raises(KeyError, match="not in the catalogue; pass load"):
         bs.load(tmp_path / "user.nc")
+    with pytest.raises(ValueError, match="the fit was made with law 'test_data_limited' of inputs \\['D'\\]"):
+        bs.load(tmp_path / "user.nc", law=bs.get_law("chinchilla"))
     assert bs.load(tmp_path / "user.nc", law=law).summary().loc["beta", "q50"] == pytest.approx(fit.summary().loc["beta", "q50"])
 
 
