@@ -71,6 +71,13 @@ def check_convergence(dt, params=None, thresholds: Thresholds = Thresholds()) ->
     bfmi = np.asarray(az.bfmi(dt)["energy"]) if "energy" in stats else np.array([])
     num_draws = posterior.sizes["chain"] * posterior.sizes["draw"]
 
+    return judge(table, divergences, num_draws, bfmi, num_chains, thresholds)
+
+
+def judge(table: pd.DataFrame, divergences: int, num_draws: int, bfmi: np.ndarray, num_chains: int,
+          thresholds: Thresholds = Thresholds()) -> Diagnostics:
+    """Compare computed statistics with the thresholds (shared by `check_convergence` and the vectorised
+    diagnostics of `bayescale.batch`)."""
     min_ess = thresholds.min_ess_per_chain * num_chains
     problems = []
     for name, row in table.iterrows():

@@ -112,14 +112,27 @@ def to_datatree(mcmc, model, args, kwargs, runs: Runs, key, prior_draw_count: in
     ppc = posterior_predictive_draws(model, key_ppc, flat, args, kwargs)
     loglik = pointwise_log_likelihood(model, flat, args, kwargs)
     prior = prior_draws(model, key_prior, args, kwargs, prior_draw_count)
+    return datatree_from_draws(
+        posterior={k: by_chain(v) for k, v in flat.items()},
+        sample_stats=sample_stats,
+        log_likelihood=by_chain(loglik["y"]),
+        posterior_predictive=by_chain(ppc["y"]),
+        prior=prior,
+        runs=runs,
+    )
+
+
+def datatree_from_draws(*, posterior, sample_stats, log_likelihood, posterior_predictive, prior, runs: Runs):
+    """The DataTree of a fit from its draws (arrays shaped (chains, draws, ...); `prior`: (draws, ...) with
+    "y" the prior predictive). Shared by `fit()` and the per-data-set fits of `bayescale.batch`."""
     constant = {**runs.x, **({"se": runs.se} if runs.se is not None else {})}
     as_prior_draws = lambda a: np.asarray(a)[None]  # noqa: E731  one "chain" of prior draws
     return az.from_dict(
         {
-            "posterior": {k: by_chain(v) for k, v in flat.items()},
-            "sample_stats": sample_stats,
-            "log_likelihood": {"y": by_chain(loglik["y"])},
-            "posterior_predictive": {"y": by_chain(ppc["y"])},
+            "posterior": {k: np.asarray(v) for k, v in posterior.items()},
+            "sample_stats": {k: np.asarray(v) for k, v in sample_stats.items()},
+            "log_likelihood": {"y": np.asarray(log_likelihood)},
+            "posterior_predictive": {"y": np.asarray(posterior_predictive)},
             "prior": {k: as_prior_draws(v) for k, v in prior.items() if k != "y"},
             "prior_predictive": {"y": as_prior_draws(prior["y"])},
             "observed_data": {"y": np.asarray(runs.y)},

@@ -37,6 +37,17 @@ class SamplerSettings:
         return asdict(self)
 
 
+def nuts_options(settings: SamplerSettings) -> dict[str, Any]:
+    """The NUTS kernel options of `settings`, shared by `run_nuts` (numpyro's NUTS class) and the batched
+    program of `bayescale.batch` (numpyro's functional `hmc(..., algo="NUTS")` init kernel), so the two run
+    the same sampler with the same adaptation."""
+    return {
+        "dense_mass": settings.dense_mass,
+        "target_accept_prob": settings.target_accept_prob,
+        "max_tree_depth": settings.max_tree_depth,
+    }
+
+
 def chain_method(settings: SamplerSettings) -> str:
     if settings.chain_method != "auto":
         return settings.chain_method
@@ -62,12 +73,7 @@ def run_nuts(
     settings: SamplerSettings,
     init_unconstrained: Mapping[str, Any] | None = None,
 ) -> MCMC:
-    kernel = NUTS(
-        model,
-        dense_mass=settings.dense_mass,
-        target_accept_prob=settings.target_accept_prob,
-        max_tree_depth=settings.max_tree_depth,
-    )
+    kernel = NUTS(model, **nuts_options(settings))
     mcmc = MCMC(
         kernel,
         num_warmup=settings.num_warmup,

@@ -1,0 +1,395 @@
+"""Many data sets of one law in one compiled program: padded, masked, vmapped MAP and NUTS.
+
+`fit_batch(runs_list, law)` stacks the data sets into arrays of a common number of runs (`stack_runs`: each
+data set is padded with copies of its own first run and a `mask` marks the real ones; the model's
+likelihood, `data_stats` and the `Param.pivot` references all honour the mask, so a padded data set has the
+same posterior as the unpadded one), then runs one jitted program, `jax.vmap`ped over data sets:
+
+1. the MAP: starts drawn from the prior, mapped to NumPyro's unconstrained space, minimised with
+   `bayescale.map_estimate.best_of_starts` (optax L-BFGS) on the potential energy of that data set;
+2. NUTS: `num_chains` chains started around the MAP (`bayescale.inference.chain_starts`), each with its own
+   warm-up adaptation (step size and dense mass matrix, numpyro's `hmc(..., algo="NUTS")` init/sample
+   kernels scanned with `lax.scan`), the same kernel and settings (`bayescale.inference.nuts_options`) that
+   `fit()` runs through `numpyro.infer.MCMC`.
+
+Keys follow `fit()`: data set i with seed s uses PRNGKey(s) split into (MAP, NUTS, predictive) keys exactly
+as `fit()` does, so a batch and a single fit of the same data and seed sample the same posterior (vmapped
+arithmetic is not bit-identical, and NUTS amplifies round-off, so they agree to Monte Carlo error; see
+tests/test_batch.py).
+
+Diagnostics are vectorised: R-hat and bulk/tail ESS by ArviZ over a "dataset" dimension, divergences and
+E-BFMI with numpy, judged by `bayescale.diagnostics.judge` (the same thresholds and messages as
+`check_convergence`, checked against it in the tests). `BatchFit.fit(i)` builds the engine's `Fit` of data
+set i (posterior predictive, pointwise log-likelihood and prior draws computed vectorised over the batch),
+so `save`/`load`/`summary`/`predict` work on it.
+
+Devices: when JAX sees several local devices (GPUs, or the host "devices" `bayescale.compilation` asks XLA
+for on CPU), the data-set axis is sharded over them with `jax.sharding` (a 1-D mesh; the batch is padded to
+a multiple of the device count with copies of its last data set, dropped afterwards). Nothing in the program
+is CPU-specific. Vmapped NUTS runs all chains of all data sets in lockstep: each step costs the longest
+trajectory in the batch (../shared/STACK.md), so very heterogeneous batches pay for their slowest member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import initialize_model, unconstrain_fn
+
+from bayescale.diagnostics import Diagnostics, Thresholds, judge
+from bayescale.inference import SamplerSettings, chain_starts, nuts_options
+from bayescale.law import Law, data_stats, get_law
+from bayescale.likelihood import Likelihood, as_likelihood
+from bayescale.map_estimate import best_of_starts
+from bayescale.model import law_model, pointwise_log_likelihood, posterior_predictive_draws, prior_draws
+from bayescale.runs import Runs
+
+# ---- stacking data sets ----
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """Data sets padded to a common number of runs: arrays of shape (data sets, runs)."""
+
+    x: dict[str, np.ndarray]
+    y: np.ndarray
+    se: np.ndarray | None
+    mask: np.ndarray
+    sizes: np.ndarray  # real runs per data set
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def model_inputs(self) -> tuple[tuple, dict]:
+        """Batched (args, kwargs) of the model: each leaf has a leading data-set axis."""
+        x = {k: jnp.asarray(v) for k, v in self.x.items()}
+        y, mask = jnp.asarray(self.y), jnp.asarray(self.mask)
+        stats = jax.vmap(data_stats)(y, mask)
+        se = None if self.se is None else jnp.asarray(self.se)
+        return (x, stats), {"y": y, "se": se, "mask": mask}
+
+
+def stack_runs(runs_list: Sequence[Runs], num_runs: int | None = None) -> Stacked:
+    """Pad each data set with copies of its own first run (real, finite values, so gradients stay finite)
+    up to `num_runs` (default: the largest data set) and mark the padding in `mask`."""
+    if not runs_list:
+        raise ValueError("no data sets to stack")
+    if any(r.y is None for r in runs_list):
+        raise ValueError("every data set needs observed outputs")
+    has_se = {r.se is not None for r in runs_list}
+    if len(has_se) > 1:
+        raise ValueError("either every data set has standard errors (se) or none has")
+    inputs = list(runs_list[0].x)
+    for i, r in enumerate(runs_list):
+        if list(r.x) != inputs:
+            raise ValueError(f"data set {i} has inputs {list(r.x)}, the first has {inputs}")
+    sizes = np.array([len(r) for r in runs_list])
+    width = int(num_runs or sizes.max())
+    if width < sizes.max():
+        raise ValueError(f"num_runs={width} is smaller than the largest data set ({sizes.max()} runs)")
+
+    def pad(values):
+        values = np.asarray(values, dtype=float)
+        return np.concatenate([values, np.full(width - len(values), values[0])])
+
+    return Stacked(
+        x={k: np.stack([pad(r.x[k]) for r in runs_list]) for k in inputs},
+        y=np.stack([pad(r.y) for r in runs_list]),
+        se=np.stack([pad(r.se) for r in runs_list]) if has_se == {True} else None,
+        mask=np.arange(width)[None, :] < sizes[:, None],
+        sizes=sizes,
+    )
+
+
+# ---- the vmapped program ----
+
+
+@dataclass(frozen=True)
+class _Program:
+    model: Any
+    latent: tuple[str, ...]
+    potential_fn_gen: Any
+    postprocess_fn_gen: Any
+
+
+_PROGRAMS: dict[int, tuple[Any, _Program]] = {}
+
+
+def _program(model, args_one, kwargs_one) -> _Program:
+    """NumPyro's potential-energy and postprocess generators for `model`, functions of the model args
+    (`dynamic_args=True`), so one traced program serves every data set. Memoised per model."""
+    if id(model) in _PROGRAMS and _PROGRAMS[id(model)][0] is model:
+        return _PROGRAMS[id(model)][1]
+    info = initialize_model(
+        jax.random.PRNGKey(0), model, model_args=args_one, model_kwargs=kwargs_one, dynamic_args=True
+    )
+    program = _Program(model, tuple(info.param_info.z), info.potential_fn, info.postprocess_fn)
+    _PROGRAMS[id(model)] = (model, program)
+    return program
+
+
+def _fit_one(program: _Program, settings: SamplerSettings, map_starts: int, map_iter: int, key, args, kwargs):
+    """MAP then NUTS for one data set; pure, so it vmaps over data sets. Keys split as in `fit()`."""
+    model = program.model
+    key_map, key_nuts, _ = jax.random.split(key, 3)
+    potential = program.potential_fn_gen(*args, **kwargs)
+
+    _, key_starts = jax.random.split(key_map)
+    prior = prior_draws(model, key_starts, args, kwargs, map_starts)
+    starts = jax.vmap(lambda p: unconstrain_fn(model, args, kwargs, p))({k: prior[k] for k in program.latent})
+    mode, values, _ = best_of_starts(potential, starts, map_iter)
+
+    key_run, key_init = jax.random.split(key_nuts)
+    inits = chain_starts(key_init, mode, settings.num_chains, settings.init_jitter)
+    init_kernel, sample_kernel = hmc(potential_fn_gen=program.potential_fn_gen, algo="NUTS")
+    options = nuts_options(settings)
+
+    def chain(chain_key, z0):
+        state = init_kernel(
+            z0, settings.num_warmup, **options, model_args=args, model_kwargs=kwargs, rng_key=chain_key
+        )
+        step = lambda s: sample_kernel(s, model_args=args, model_kwargs=kwargs)  # noqa: E731
+        state = jax.lax.fori_loop(0, settings.num_warmup, lambda _, s: step(s), state)
+
+        def collect(s, _):
+            s = step(s)
+            return s, (s.z, s.diverging, s.energy, s.potential_energy, s.num_steps, s.accept_prob,
+                       s.adapt_state.step_size)
+
+        _, out = jax.lax.scan(collect, state, None, length=settings.num_samples)
+        return out
+
+    chain_keys = jax.random.split(key_run, settings.num_chains) if settings.num_chains > 1 else key_run[None]
+    z, diverging, energy, potential_energy, num_steps, accept_prob, step_size = jax.vmap(chain)(chain_keys, inits)
+    postprocess = program.postprocess_fn_gen(*args, **kwargs)
+    samples = jax.vmap(jax.vmap(postprocess))(z)
+    mode_constrained = postprocess(mode)
+    stats = {
+        "diverging": diverging,
+        "energy": energy,
+        "lp": -potential_energy,
+        "n_steps": num_steps,
+        "acceptance_rate": accept_prob,
+        "step_size": step_size,
+    }
+    return {"samples": samples, "stats": stats, "map": mode_constrained, "map_u": mode,
+            "map_log_density": -jnp.min(values)}
+
+
+@partial(jax.jit, static_argnames=("program", "settings", "map_starts", "map_iter"))
+def _fit_many(program, settings, map_starts, map_iter, keys, args, kwargs):
+    return jax.vmap(partial(_fit_one, program, settings, map_starts, map_iter))(keys, args, kwargs)
+
+
+@partial(jax.jit, static_argnames=("model", "num_prior_draws"))
+def _predictive_many(model, keys, samples, args, kwargs, num_prior_draws):
+    """Posterior predictive, pointwise log-likelihood and prior draws of every data set (as in fit())."""
+
+    def one(key, samples, args, kwargs):
+        _, _, key_pred = jax.random.split(key, 3)
+        key_ppc, key_prior = jax.random.split(key_pred)
+        ppc = posterior_predictive_draws(model, key_ppc, samples, args, kwargs)
+        loglik = pointwise_log_likelihood(model, samples, args, kwargs)
+        prior = prior_draws(model, key_prior, args, kwargs, num_prior_draws)
+        return {"ppc": ppc["y"], "loglik": loglik["y"], "prior": prior}
+
+    return jax.vmap(one)(keys, samples, args, kwargs)
+
+
+def data_sharding(num_items: int):
+    """A sharding of the leading (data-set) axis over all local devices, or None with one device."""
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None
+    return NamedSharding(Mesh(np.array(devices), ("data",)), PartitionSpec("data"))
+
+
+def _pad_batch(tree, total: int):
+    def pad(a):
+        a = jnp.asarray(a)
+        extra = total - a.shape[0]
+        return a if extra == 0 else jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)])
+
+    return jax.tree.map(pad, tree)
+
+
+# ---- vectorised diagnostics ----
+
+
+def _bfmi(energy: np.ndarray) -> np.ndarray:
+    """E-BFMI per chain (Betancourt 2016), as ArviZ computes it; energy: (..., chains, draws)."""
+    return np.square(np.diff(energy, axis=-1)).mean(axis=-1) / np.var(energy, axis=-1)
+
+
+def batch_diagnostics(samples: Mapping[str, np.ndarray], stats: Mapping[str, np.ndarray],
+                      thresholds: Thresholds = Thresholds()) -> list[Diagnostics]:
+    """Per-data-set `Diagnostics` from batched draws {name: (data sets, chains, draws)}: one ArviZ call for
+    R-hat and ESS over a "dataset" dimension instead of one per data set; judged by `diagnostics.judge`."""
+    import arviz as az
+
+    names = [n for n in samples if not str(n).startswith("_")]
+    posterior = {n: np.moveaxis(np.asarray(samples[n]), 0, 2) for n in names}  # (chain, draw, dataset)
+    dt = az.from_dict({"posterior": posterior}, dims={n: ["dataset"] for n in names})
+    rhat = {n: np.asarray(az.rhat(dt, var_names=[n])[n]) for n in names}
+    bulk = {n: np.asarray(az.ess(dt, method="bulk", var_names=[n])[n]) for n in names}
+    tail = {n: np.asarray(az.ess(dt, method="tail", var_names=[n])[n]) for n in names}
+    divergences = np.asarray(stats["diverging"]).sum(axis=(1, 2))
+    bfmi = _bfmi(np.asarray(stats["energy"]))
+    num_chains, num_draws = np.shape(stats["energy"])[1:]
+    out = []
+    for i in range(len(divergences)):
+        table = pd.DataFrame({
+            "rhat": {n: float(rhat[n][i]) for n in names},
+            "ess_bulk": {n: float(bulk[n][i]) for n in names},
+            "ess_tail": {n: float(tail[n][i]) for n in names},
+        })
+        out.append(judge(table, int(divergences[i]), num_chains * num_draws, bfmi[i], num_chains, thresholds))
+    return out
+
+
+# ---- the result ----
+
+
+@dataclass
+class BatchFit:
+    """Draws of every data set: `samples[name]` (data sets, chains, draws, ...), `stats` likewise (numpyro
+    sample stats under ArviZ names), `map` (data sets, ...) in the user's units, `diagnostics` per data set."""
+
+    law: Law
+    likelihood: Likelihood
+    runs: list[Runs]
+    stacked: Stacked
+    samples: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray]
+    map: dict[str, np.ndarray]
+    map_log_density: np.ndarray
+    diagnostics: list[Diagnostics]
+    settings: SamplerSettings
+    seeds: np.ndarray
+    priors: dict[str, Any] = field(default_factory=dict)
+    num_prior_draws: int = 500
+    _predictive: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    @property
+    def converged(self) -> np.ndarray:
+        return np.array([d.converged for d in self.diagnostics])
+
+    def predictive(self) -> dict[str, np.ndarray]:
+        """Posterior predictive, pointwise log-likelihood and prior draws of every data set (computed once,
+        vectorised over the batch; (data sets, chains x draws, runs) each, so large batches should ask for
+        them a shard at a time, as `bayescale.jobs` does)."""
+        if self._predictive is None:
+            model = law_model(self.law, self.likelihood)
+            args, kwargs = self.stacked.model_inputs()
+            flat = {k: v.reshape(v.shape[0], -1, *v.shape[3:]) for k, v in self.samples.items()}
+            keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(self.seeds))
+            out = _predictive_many(model, keys, flat, args, kwargs, self.num_prior_draws)
+            self._predictive = jax.tree.map(np.asarray, out)
+        return self._predictive
+
+    def fit(self, i: int):
+        """The engine's `Fit` of data set `i` (padding removed), as `bayescale.fit.fit` would return it."""
+        from bayescale.fit import Fit, datatree_from_draws
+
+        pred = self.predictive()
+        n = int(self.stacked.sizes[i])
+        num_chains = self.settings.num_chains
+        by_chain = lambda a: np.asarray(a).reshape(num_chains, -1, *np.shape(a)[1:])  # noqa: E731
+        dt = datatree_from_draws(
+            posterior={k: v[i] for k, v in self.samples.items()},
+            sample_stats={k: v[i] for k, v in self.stats.items()},
+            log_likelihood=by_chain(pred["loglik"][i][:, :n]),
+            posterior_predictive=by_chain(pred["ppc"][i][:, :n]),
+            prior={k: v[i] if k != "y" else v[i][:, :n] for k, v in pred["prior"].items()},
+            runs=self.runs[i],
+        )
+        return Fit(
+            law=self.law,
+            likelihood=self.likelihood,
+            data=dt,
+            runs=self.runs[i],
+            diagnostics=self.diagnostics[i],
+            settings=self.settings,
+            seed=int(self.seeds[i]),
+            map={k: float(v[i]) for k, v in self.map.items() if not k.startswith("_") and np.ndim(v[i]) == 0},
+            priors=self.priors,
+        )
+
+
+def fit_batch(
+    runs_list: Sequence[Runs],
+    law: str | Law,
+    *,
+    likelihood: str | Likelihood = "normal",
+    priors: Mapping[str, Any] | None = None,
+    settings: SamplerSettings | None = None,
+    seeds: Sequence[int] | int = 0,
+    map_starts: int = 32,
+    map_iter: int = 500,
+    num_runs: int | None = None,
+    num_prior_draws: int = 500,
+    thresholds: Thresholds = Thresholds(),
+    shard: bool = True,
+) -> BatchFit:
+    """Fit `law` to every data set in `runs_list` (validated `Runs`, e.g. from `runs_from_table`) in one
+    vmapped program. `seeds`: one per data set, or an int s giving data set i the seed s + i. `num_runs`: pad
+    to this many runs (a fixed width lets batches of different data share one compiled program).
+    `shard`: split the data sets over all local devices when there are several."""
+    from bayescale.fit import _check_prior_names
+
+    law = get_law(law)
+    likelihood = as_likelihood(likelihood)
+    priors = dict(priors or {})
+    _check_prior_names(priors, law, likelihood)
+    law, likelihood = law.with_priors(priors), likelihood.with_priors(priors)
+    settings = settings or SamplerSettings()
+    runs_list = list(runs_list)
+    count = len(runs_list)
+    seeds = np.arange(seeds, seeds + count) if np.ndim(seeds) == 0 else np.asarray(seeds, dtype=np.int64)
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} data sets")
+
+    stacked = stack_runs(runs_list, num_runs)
+    model = law_model(law, likelihood)
+    args, kwargs = stacked.model_inputs()
+    program = _program(model, *jax.tree.map(lambda a: a[0], (args, kwargs)))
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
+
+    inputs = (keys, args, kwargs)
+    sharding = data_sharding(count) if shard else None
+    if sharding is not None:
+        devices = sharding.mesh.size
+        total = -(-count // devices) * devices
+        inputs = jax.device_put(_pad_batch(inputs, total), sharding)
+    out = _fit_many(program, settings, map_starts, map_iter, *inputs)
+    out = jax.tree.map(lambda a: np.asarray(a)[:count], out)
+
+    samples = dict(out["samples"])
+    diagnostics = batch_diagnostics(samples, out["stats"], thresholds)
+    return BatchFit(
+        law=law,
+        likelihood=likelihood,
+        runs=runs_list,
+        stacked=stacked,
+        samples=samples,
+        stats=out["stats"],
+        map=out["map"],
+        map_log_density=out["map_log_density"],
+        diagnostics=diagnostics,
+        settings=settings,
+        seeds=seeds,
+        priors=priors,
+        num_prior_draws=num_prior_draws,
+    )
