@@ -1,0 +1,151 @@
+"""The law-family catalogue: every family recovers known parameters from data simulated with its own
+published form (written out independently here in numpy, so a wrong `mean` in a law fails the test).
+
+Fast tier: NUTS at small settings (2 chains x 400 after 400 warm-up) on the cheap families, MAP recovery
+(`bayescale.map_estimate`) on the rest. Slow tier (`pytest -m slow`): NUTS on every family with R-hat,
+divergence and interval-coverage checks. Simulated data use published constants where the paper gives them.
+"""
+
+import warnings
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayescale as bs
+from bayescale.diagnostics import ConvergenceWarning
+from bayescale.fit import model_inputs
+from bayescale.map_estimate import map_estimate
+from bayescale.model import law_model
+from bayescale.runs import runs_from_table
+
+FAST = dict(num_warmup=400, num_samples=400, num_chains=2, map_starts=8)
+FULL = dict(num_warmup=800, num_samples=800, num_chains=4, map_starts=16)
+
+
+def noisy(loss, sigma, rng):
+    return loss * np.exp(sigma * rng.standard_normal(np.shape(loss)))
+
+
+def nuts_recovery(table, law, truth, settings=FAST, level=0.95, columns=None, y="loss", seed=0, **kw):
+    """Fit with NUTS; every true value inside the central `level` interval, R-hat < 1.01, no divergences."""
+    with warnings.catch_warnings():
+        # Small test settings may miss the ESS bar (100 per chain); R-hat and divergences are asserted below.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = bs.fit(table, law, columns=columns, y=y, seed=seed, **settings, **kw)
+    q = (1 - level) / 2
+    table_ = fit.summary(quantiles=(q, 0.5, 1 - q))
+    low, high = f"q{100 * q:g}", f"q{100 * (1 - q):g}"
+    print(f"\n{fit.law.name}\n" + table_.to_string())
+    diag = fit.diagnostics
+    worst_rhat = float(diag.table.rhat.max())
+    print(f"max R-hat {worst_rhat:.4f}, divergences {diag.divergences}")
+    assert diag.divergences == 0, diag.problems
+    assert worst_rhat < 1.01, diag.table
+    outside = [n for n, v in truth.items() if not table_.loc[n, low] <= v <= table_.loc[n, high]]
+    assert not outside, f"true values outside the {level:.0%} intervals: {outside}\n{table_}"
+    return fit, table_
+
+
+def map_recovery(table, law, truth, rtol, columns=None, y="loss", seed=0, num_starts=16):
+    """MAP of the full posterior (priors included) within `rtol` of the truth, parameter by parameter."""
+    law = bs.get_law(law)
+    runs = runs_from_table(table, law, columns=columns, y=y)
+    model = law_model(law, bs.Likelihood())
+    args, kwargs = model_inputs(runs)
+    mode = map_estimate(model, args, kwargs, jax.random.PRNGKey(seed), num_starts=num_starts)
+    print(f"\n{law.name} MAP: " + ", ".join(f"{k}={v:.4g} (true {truth[k]:.4g})" for k, v in mode.params.items() if k in truth))
+    for name, value in truth.items():
+        tol = rtol[name] if isinstance(rtol, dict) else rtol
+        assert np.isclose(mode.params[name], value, rtol=tol, atol=tol if value == 0 else 0), (name, mode.params[name], value)
+    return mode
+
+
+def test_every_family_is_in_the_catalogue():
+    names = set(bs.laws())
+    for name in ("power_law", "offset_power_law", "compute_power_law", "overtrain"):
+        assert name in names, name
+    for law in bs.laws().values():
+        if law.numpyro_model is None:
+            assert law.form and law.reference, law.name
+
+
+# ---- 1. offset power law, compute-only law ----
+
+OFFSET_TRUTH = {"a": 20.0, "b": 300.0, "c": 0.5, "d": 1.5}
+
+
+def offset_table(seed=1, sigma=0.005):
+    rng = np.random.default_rng(seed)
+    x = np.geomspace(10.0, 1e6, 24)
+    t = OFFSET_TRUTH
+    return pd.DataFrame({"x": x, "loss": noisy(t["d"] + t["a"] * (x + t["b"]) ** -t["c"], sigma, rng)})
+
+
+def test_offset_power_law_map_recovers_simulated_parameters():
+    map_recovery(offset_table(), "offset_power_law", OFFSET_TRUTH, rtol=0.2)
+
+
+@pytest.mark.slow
+def test_offset_power_law_nuts_recovers_simulated_parameters():
+    nuts_recovery(offset_table(), "offset_power_law", OFFSET_TRUTH, settings=FULL)
+
+
+# Compute-only frontier of Besiroglu's Chinchilla fit is close to E + A C^-0.178; simulate such a curve.
+COMPUTE_TRUTH = {"E": 1.8, "A": 2500.0, "alpha": 0.178}
+
+
+def compute_table(seed=0, sigma=0.01):
+    rng = np.random.default_rng(seed)
+    N = np.geomspace(5e7, 1e10, 20)
+    D = 20 * N * np.exp(rng.uniform(-0.5, 0.5, 20))
+    t = COMPUTE_TRUTH
+    loss = t["E"] + t["A"] * (6 * N * D) ** -t["alpha"]
+    return pd.DataFrame({"N": N, "D": D, "loss": noisy(loss, sigma, rng)})
+
+
+def test_compute_power_law_derives_compute_and_recovers_parameters():
+    table = compute_table()
+    runs = runs_from_table(table, bs.get_law("compute_power_law"))
+    np.testing.assert_allclose(runs.x["C"], 6 * table.N * table.D)
+    map_recovery(table, "compute_power_law", COMPUTE_TRUTH, rtol={"E": 0.05, "A": 1.0, "alpha": 0.1})
+
+
+@pytest.mark.slow
+def test_compute_power_law_nuts_recovers_simulated_parameters():
+    nuts_recovery(compute_table(), "compute_power_law", COMPUTE_TRUTH, settings=FULL)
+
+
+# ---- 2. tied-exponent over-training law (Gadre et al. 2024) ----
+
+# Hoffmann's Chinchilla fit with alpha = beta = 0.34 rewritten in (C, M): eta = 0.17, a = A 6^eta, b = B 6^eta.
+OVERTRAIN_TRUTH = {"E": 1.69, "a": 406.4 * 6**0.17, "b": 410.7 * 6**0.17, "eta": 0.17}
+
+
+def overtrain_table(seed=0, sigma=0.005):
+    """A ladder like Gadre's: five sizes x multipliers 0.5-32 (M = 10-640), generated from N and D."""
+    rng = np.random.default_rng(seed)
+    N, M = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1.5e9, 5), 20 * np.array([0.5, 1, 4, 16, 32])))
+    D = N * M
+    A, B, alpha = 406.4, 410.7, 0.34
+    loss = OVERTRAIN_TRUTH["E"] + A * N**-alpha + B * D**-alpha
+    return pd.DataFrame({"N": N, "D": D, "loss": noisy(loss, sigma, rng)})
+
+
+def test_overtrain_is_chinchilla_with_tied_exponents():
+    table = overtrain_table(sigma=0.0)
+    law = bs.get_law("overtrain")
+    runs = runs_from_table(table, law)
+    np.testing.assert_allclose(runs.x["M"], table.D / table.N)
+    mean = np.asarray(law.mean(OVERTRAIN_TRUTH, runs.x))
+    np.testing.assert_allclose(mean, table.loss, rtol=1e-10)
+
+
+def test_overtrain_map_recovers_simulated_parameters():
+    map_recovery(overtrain_table(), "overtrain", OVERTRAIN_TRUTH, rtol={"E": 0.03, "a": 0.5, "b": 0.5, "eta": 0.05})
+
+
+@pytest.mark.slow
+def test_overtrain_nuts_recovers_simulated_parameters():
+    nuts_recovery(overtrain_table(), "overtrain", OVERTRAIN_TRUTH, settings=FULL)
