@@ -1,4 +1,4 @@
-"""The `bayescale` command: a thin layer over the Python API (fit, summary, predict, optimal, laws).
+"""The `bayescale` command: a thin layer over the Python API (fit, summary, predict, optimal, laws, compare).
 
 Every verb prints a readable table, or JSON with --json (for scripts and CI). Exit status: 0 on success,
 2 on bad input (the message names the column or row), 3 when --strict is given and the fit did not converge.
@@ -157,6 +157,26 @@ def cmd_optimal(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import bayescale as bs
+    from bayescale.compare import compare, format_notes
+
+    fits = {}
+    for path in args.fits:
+        name, k = Path(path).stem, 2
+        while name in fits:
+            name, k = f"{Path(path).stem}_{k}", k + 1
+        fits[name] = bs.load(path)
+    weights = {k: float(v) for k, v in _key_values(args.prior_weights, "--prior-weights").items()} if args.prior_weights else None
+    table = compare(fits, prior_weights=weights, extrapolation=args.extrapolation, holdout=args.holdout, seed=args.seed)
+    if args.json:
+        _json({"table": table.to_dict(orient="index"), "notes": table.attrs["notes"], "warnings": table.attrs["warnings"]})
+    else:
+        _print_table(table)
+        print(format_notes(table))
+    return 0
+
+
 def cmd_laws(args) -> int:
     import bayescale as bs
 
@@ -216,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level-low", type=float, default=0.05)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_optimal)
+
+    p = sub.add_parser("compare", help="compare saved fits of law families: evidence, LOO, WAIC, stacking")
+    p.add_argument("fits", nargs="+", help="fit files (from `bayescale fit --out`) of the same runs")
+    p.add_argument("--prior-weights", metavar="NAME=W,...", help="prior model weights by file stem (default equal)")
+    p.add_argument("--extrapolation", action="store_true", help="refit without the largest-compute runs and score them")
+    p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction (or count if >= 1) for --extrapolation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("laws", help="list the law families")
     p.add_argument("--json", action="store_true")

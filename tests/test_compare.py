@@ -1,0 +1,150 @@
+"""compare(), model averaging and `bayescale compare` on simulated Chinchilla-law data.
+
+Fast tier: one data set from the Chinchilla law, fitted by the Chinchilla law and three rivals (Kaplan, a
+power law in N alone, a power law in D alone); the comparison must prefer the true family by evidence and
+LOO, give coherent probabilities and weights, and the averaged prediction must be the weighted mixture.
+Slow tier: the same over 10 seeds (the issue asks for >= 9 of 10 picks of the true family).
+"""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayescale as bs
+from bayescale.averaging import average_predict, mixture_counts
+from bayescale.compare import compare, compute_of_runs, holdout_split, waic
+from conftest import simulate_chinchilla
+
+FAMILIES = {  # name -> (law, columns)
+    "chinchilla": ("chinchilla", {}),
+    "kaplan": ("kaplan", {}),
+    "params_only": ("power_law", {"x": "N"}),
+    "tokens_only": ("power_law", {"x": "D"}),
+}
+
+
+def fit_families(table, seed=0, draws=300, warmup=300):
+    fits = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        for name, (law, columns) in FAMILIES.items():
+            fits[name] = bs.fit(table, law, columns=columns, num_warmup=warmup, num_samples=draws, seed=seed)
+    return fits
+
+
+@pytest.fixture(scope="module")
+def table():
+    return simulate_chinchilla(num_runs=50, sigma=0.01, seed=11)
+
+
+@pytest.fixture(scope="module")
+def fits(table):
+    return fit_families(table)
+
+
+@pytest.fixture(scope="module")
+def comparison(fits):
+    return compare(fits, extrapolation=False)
+
+
+def test_compare_prefers_the_true_family(comparison):
+    assert comparison.index[0] == "chinchilla"
+    assert comparison.loc["chinchilla", "log_bf_vs_best"] == 0
+    assert (comparison.drop(index="chinchilla")["log_bf_vs_best"] < -5).all()
+    assert comparison["elpd_loo"].idxmax() == "chinchilla"
+    assert comparison["elpd_waic"].idxmax() == "chinchilla"
+    assert comparison.loc["chinchilla", "posterior_prob"] > 0.99
+    assert comparison["stacking_weight"].idxmax() == "chinchilla"
+    assert comparison["posterior_prob"].sum() == pytest.approx(1.0)
+    assert comparison["stacking_weight"].sum() == pytest.approx(1.0, abs=1e-2)
+    assert (comparison["log_z_error"] < 0.5).all()
+    # Widening every prior lowers the evidence of a well-constrained law by about log 2 per parameter.
+    drop = comparison.loc["chinchilla", "log_z"] - comparison.loc["chinchilla", "log_z_wide_priors"]
+    assert 0.5 * 2 * np.log(2) < drop < 6 * np.log(2) + 1
+    assert set(comparison.attrs["notes"]) <= set(comparison.columns)
+    assert "log_z" in comparison.attrs["notes"]
+
+
+def test_prior_weights_shift_posterior_probabilities(fits, comparison):
+    # With prior weight only on the rivals, the probabilities renormalise over them by their evidence.
+    weighted = compare({k: fits[k] for k in ("kaplan", "params_only")}, prior_weights={"kaplan": 1.0, "params_only": 0.0},
+                       widen_factor=None)
+    assert weighted.loc["kaplan", "posterior_prob"] == pytest.approx(1.0)
+    assert weighted.loc["params_only", "posterior_prob"] == 0.0
+    with pytest.raises(KeyError, match="unknown fits"):
+        compare(fits, prior_weights={"nonesuch": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        compare(fits, prior_weights={"kaplan": -1.0})
+
+
+def test_compare_refuses_fits_to_different_runs(fits, table):
+    other = bs.fit(table.iloc[:40], "kaplan", num_warmup=100, num_samples=100, num_chains=1)
+    with pytest.raises(ValueError, match="different runs"):
+        compare({"chinchilla": fits["chinchilla"], "other": other})
+
+
+def test_waic_matches_loo_when_the_posterior_is_well_determined(fits):
+    table = waic(fits["chinchilla"])
+    import arviz as az
+
+    loo = az.loo(fits["chinchilla"].data)
+    assert abs(table["elpd_waic"] - loo.elpd) < 2.0
+
+
+def test_holdout_is_the_largest_compute(fits):
+    runs = fits["chinchilla"].runs
+    compute = compute_of_runs(runs, fits["chinchilla"].law)
+    np.testing.assert_allclose(compute, 6 * runs.x["N"] * runs.x["D"])
+    held = holdout_split(compute, 0.2)
+    assert held.sum() == 10 and compute[held].min() >= compute[~held].max()
+    with pytest.raises(ValueError, match="hold out fewer"):
+        holdout_split(compute, 49)
+
+
+def test_averaged_prediction_is_the_weighted_mixture(fits, comparison):
+    at = {"N": 70e9, "D": 1.4e12}
+    pair = {k: fits[k] for k in ("chinchilla", "kaplan")}
+    averaged = average_predict(pair, at, weights={"chinchilla": 0.75, "kaplan": 0.25}, num_draws=2000)
+    assert isinstance(averaged, bs.Prediction) and averaged.mean.shape == (2000, 1)
+    single = {k: bs.predict(f, at).mean[:, 0] for k, f in pair.items()}
+    # Each mixture draw comes from one family; the share of each matches its weight.
+    from_chinchilla = np.isin(averaged.mean[:, 0], single["chinchilla"])
+    assert from_chinchilla.mean() == pytest.approx(0.75, abs=1e-3)
+    assert np.isin(averaged.mean[~from_chinchilla, 0], single["kaplan"]).all()
+    assert "mean_q50" in averaged.quantiles().columns
+    # By evidence, the true family carries (almost) all weight: the average is its prediction.
+    by_evidence = average_predict(fits, at, weights="evidence", comparison=comparison)
+    assert np.median(by_evidence.mean) == pytest.approx(np.median(single["chinchilla"]), rel=1e-3)
+    with pytest.raises(ValueError, match="non-negative"):
+        average_predict(pair, at, weights={"chinchilla": 0.0})
+    assert list(mixture_counts(np.array([0.5, 0.25, 0.25]), 7)) in ([3, 2, 2], [4, 2, 1], [4, 1, 2])
+
+
+def test_cli_compare_json(fits, tmp_path):
+    paths = []
+    for name in ("chinchilla", "kaplan"):
+        paths.append(str(bs.save(fits[name], tmp_path / f"{name}.fit")))
+    out = subprocess.run([sys.executable, "-m", "bayescale.cli", "compare", *paths, "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    rows = pd.DataFrame(result["table"]).T
+    assert rows.index[0].startswith("chinchilla") and "log_z" in rows.columns
+    assert "notes" in result and "warnings" in result
+
+
+@pytest.mark.slow
+def test_true_family_picked_in_at_least_9_of_10_seeds():
+    picked = []
+    for seed in range(10):
+        table = simulate_chinchilla(num_runs=40 + 5 * seed, sigma=0.015, seed=100 + seed)
+        result = compare(fit_families(table, seed=seed, draws=500, warmup=500), widen_factor=None)
+        picked.append(result.index[0])
+        print(f"seed {seed}: runs {len(table)}, best {result.index[0]}, "
+              f"log BF of runner-up {result['log_bf_vs_best'].iloc[1]:.1f}")
+    assert sum(p == "chinchilla" for p in picked) >= 9, picked
