@@ -23,6 +23,9 @@ from bayescale.persistence import load, save  # noqa: E402
 from bayescale.posterior import draws, summary  # noqa: E402
 from bayescale.predictive import Prediction, predict  # noqa: E402
 from bayescale.runs import DataError, Runs, read_table, runs_from_table  # noqa: E402
+from bayescale.evidence import Evidence, log_evidence  # noqa: E402
+from bayescale.compare import compare, format_notes  # noqa: E402
+from bayescale.averaging import average_predict  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -31,4 +34,5 @@ __all__ = [
     "Likelihood", "Param", "Prediction", "Runs", "SamplerSettings", "Thresholds", "check_convergence", "draws",
     "fit", "get_law", "laws", "load", "load_example", "optimal_allocation", "predict", "read_table",
     "register_law", "runs_from_table", "save", "summary",
+    "Evidence", "average_predict", "compare", "format_notes", "log_evidence",
 ]
