@@ -1,0 +1,708 @@
+"""Downstream metrics as one joint posterior: (N, D) -> loss -> every task's accuracy, in one NumPyro model.
+
+The field fits two point estimates in turn (size and data -> loss, then loss -> accuracy), so the loss fit's
+uncertainty never reaches the accuracy forecast. Here a loss law (`bayescale.models`, e.g. "chinchilla") and
+a link law (input "L", output a metric, e.g. "link_exponential": Err = eps - k exp(-gamma L)) are one model:
+
+- Loss: log loss_i ~ Normal(log law(N_i, D_i), sigma), as in `bayescale.fit`. A run's loss as seen by the
+  link is its measured loss when there is one (an eval loss on a large set is measured to ~0.1%), and a
+  latent draw law(N_i, D_i) exp(sigma z_i) when the loss is missing: runs with accuracies but no loss still
+  inform the loss law through the link, and runs with a loss but no accuracies inform the loss law.
+- Metrics: each task t has its own link parameters and its own likelihood (`bayescale.metric_likelihood`:
+  Binomial / Beta-Binomial on correct counts when the number of items is known, Beta otherwise); an average
+  over tasks is computed from the posterior, never fitted as one number.
+- Many tasks: `pooling="partial"` (default) draws each task's value of a link parameter whose prior does not
+  depend on the task (k, gamma, L0; the concentration phi) as T(T^-1(center) + tau z_t), with the declared
+  prior on the center, tau ~ HalfNormal(1) on the unconstrained scale (log for positive parameters) and
+  z_t ~ Normal(0, 1): a noisy small task borrows strength from the others. Parameters whose prior reads the
+  task's statistics (the chance level: eps, floor, ceil) are per task. `pooling="none"` gives every task
+  the declared priors independently: the same as fitting each task separately with the shared loss law.
+- Prediction at new (N, D): the loss of a new run (law mean and loss noise, every posterior draw), the
+  link at that loss for every task (`metric`), a new evaluation of it (`new_run`, with the task's item and
+  extra-binomial noise), and the average over tasks, all as draws (`DownstreamPrediction`).
+
+Inference reuses the engine: `bayescale.map_estimate` for the MAP, `bayescale.inference.run_nuts` from
+around it, `bayescale.diagnostics.check_convergence` (loud `ConvergenceWarning`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pandas as pd
+from numpyro import handlers
+from numpyro.distributions import biject_to
+from numpyro.infer.util import log_likelihood
+
+from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
+from bayescale.inference import SamplerSettings, run_nuts
+from bayescale.law import Law, PriorSpec, data_stats, get_law, resolve_prior
+from bayescale.likelihood import Likelihood, as_likelihood
+from bayescale.map_estimate import map_estimate
+from bayescale.metric_likelihood import MetricLikelihood
+from bayescale.model import sample_params
+from bayescale.runs import DataError, _rows, points_from_mapping, read_table, runs_from_table
+
+POOLINGS = ("partial", "none")
+# Spread of a pooled parameter across tasks, on its unconstrained scale: HalfNormal(1) lets tasks differ by
+# up to a factor ~e^2 in k or gamma while still shrinking small, noisy tasks towards the others.
+TAU_PRIOR = dist.HalfNormal(1.0)
+LINK_OUTPUTS = ("error", "accuracy", "pass_rate")
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------- data ----
+@dataclass(frozen=True)
+class DownstreamRuns:
+    """Validated runs: loss-law inputs `x`, `loss` (runs,) and `accuracy` (tasks, runs) with NaN where
+    missing, per-task `items` (or None) and `chance` (fractions)."""
+
+    x: dict[str, np.ndarray]
+    loss: np.ndarray
+    accuracy: np.ndarray
+    tasks: tuple[str, ...]
+    items: np.ndarray | None
+    chance: np.ndarray
+    labels: np.ndarray
+    sources: dict[str, str] = field(default_factory=dict)
+    loss_column: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.loss)
+
+    @property
+    def loss_mask(self) -> np.ndarray:
+        return ~np.isnan(self.loss)
+
+    @property
+    def metric_mask(self) -> np.ndarray:
+        return ~np.isnan(self.accuracy)
+
+
+def _per_task(values, tasks, what: str, default=None) -> np.ndarray | None:
+    if values is None:
+        return None if default is None else np.full(len(tasks), default, float)
+    if not isinstance(values, Mapping):
+        values = np.asarray(values, dtype=object).ravel()
+        if len(values) != len(tasks):
+            raise DataError(f"{what}: {len(values)} values for {len(tasks)} tasks")
+        values = dict(zip(tasks, values))
+    missing = [t for t in tasks if t not in values]
+    if missing:
+        raise DataError(f"{what}: no value for tasks {missing}")
+    unknown = sorted(set(values) - set(tasks))
+    if unknown:
+        raise DataError(f"{what}: values given for {unknown}, which are not among the tasks {list(tasks)}")
+    return np.array([values[t] for t in tasks], dtype=object)
+
+
+def downstream_runs(
+    source: pd.DataFrame | str | Path,
+    loss_law: Law,
+    *,
+    tasks: Sequence[str],
+    loss_column: str | None = "loss",
+    columns: Mapping[str, str] | None = None,
+    items: Mapping[str, int] | Sequence[int] | None = None,
+    chance: Mapping[str, float] | Sequence[float] | None = None,
+    allow_repeats: bool = False,
+) -> DownstreamRuns:
+    """Validate a table of runs with a loss column and one accuracy column per task (fractions in [0, 1];
+    empty cells are missing values and are masked, never dropped). `items`: number of items of each task
+    (positive integers), `chance`: each task's chance accuracy (fraction), both keyed by task column."""
+    table = read_table(source)
+    tasks = tuple(str(t) for t in tasks)
+    if not tasks:
+        raise DataError("give at least one task column (tasks=[...])")
+    if len(set(tasks)) != len(tasks):
+        raise DataError(f"task columns repeated: {sorted(t for t in set(tasks) if tasks.count(t) > 1)}")
+    unknown = [t for t in tasks if t not in table.columns]
+    if unknown:
+        raise DataError(f"task columns {unknown} are not in the table; columns are: {', '.join(map(str, table.columns))}")
+    if loss_column is not None and loss_column not in table.columns:
+        raise DataError(f"loss column {loss_column!r} is not in the table; columns are: {', '.join(map(str, table.columns))}")
+    inputs = runs_from_table(table, loss_law, columns=columns, y=None, allow_repeats=allow_repeats)
+    labels = inputs.labels
+
+    def numeric(column: str, role: str) -> np.ndarray:
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+        text = table[column].notna().to_numpy() & np.isnan(values)
+        if text.any():
+            raise DataError(f"column {column!r} ({role}) is not numeric at rows {_rows(labels, text)}")
+        if np.isinf(values).any():
+            raise DataError(f"column {column!r} ({role}) has infinite values at rows {_rows(labels, np.isinf(values))}")
+        return values
+
+    loss = np.full(len(table), np.nan) if loss_column is None else numeric(loss_column, "loss")
+    bad = loss <= 0
+    if bad.any():
+        raise DataError(f"loss column {loss_column!r} must be positive; non-positive at rows {_rows(labels, bad)}")
+    if np.isnan(loss).all():
+        raise DataError(
+            "no run has a loss: the loss law cannot be fitted from accuracies alone; give loss_column with at "
+            "least a few measured losses"
+        )
+    accuracy = np.stack([numeric(t, "accuracy") for t in tasks])
+    for t, row in zip(tasks, accuracy):
+        bad = (row < 0) | (row > 1)
+        if bad.any():
+            raise DataError(
+                f"task column {t!r}: accuracy must be a fraction in [0, 1]; outside at rows {_rows(labels, bad)} "
+                f"(values {', '.join(f'{v:g}' for v in row[bad][:4])}); percentages must be divided by 100"
+            )
+    empty = np.isnan(loss) & np.isnan(accuracy).all(axis=0)
+    if empty.any():
+        raise DataError(f"rows {_rows(labels, empty)} have neither a loss nor any task accuracy; remove them")
+
+    item_values = _per_task(items, tasks, "items")
+    if item_values is not None:
+        numbers = pd.to_numeric(pd.Series(item_values), errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(numbers) | (numbers < 1) | (numbers != np.round(numbers))
+        if bad.any():
+            shown = ", ".join(f"{t}={v!r}" for t, v, b in zip(tasks, item_values, bad) if b)
+            raise DataError(f"items must be positive integers (the number of questions of each task); got {shown}")
+        item_values = numbers.astype(int)
+        correct = accuracy * item_values[:, None]
+        off = np.abs(correct - np.round(correct)) > 0.01
+        off &= ~np.isnan(accuracy)
+        if off.any():
+            t = int(np.argwhere(off)[0][0])
+            raise DataError(
+                f"task column {tasks[t]!r}: accuracy x items ({item_values[t]}) is not a whole number of correct "
+                f"answers at rows {_rows(labels, off[t])}; check items, or leave items out to use a Beta likelihood"
+            )
+    chance_values = _per_task(chance, tasks, "chance", default=0.0)
+    chance_values = pd.to_numeric(pd.Series(chance_values), errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(chance_values) | (chance_values < 0) | (chance_values >= 1)
+    if bad.any():
+        raise DataError(
+            f"chance levels must be fractions in [0, 1); got {dict((t, v) for t, v, b in zip(tasks, chance_values, bad) if b)}"
+        )
+    return DownstreamRuns(
+        x=inputs.x, loss=loss, accuracy=accuracy, tasks=tasks, items=item_values, chance=chance_values,
+        labels=labels, sources=inputs.sources, loss_column=loss_column,
+    )
+
+
+def task_metadata(path: str | Path, tasks: Sequence[str], prefix: str = "acc_", *, task_column: str = "Eval Task",
+                  items_column: str = "#datapoints", chance_column: str = "Random baseline",
+                  chance_in_percent: bool = True) -> tuple[dict[str, int], dict[str, float]]:
+    """Items and chance levels of `tasks` (table columns, e.g. "acc_hellaswag") from a metadata table such
+    as the over-training study's eval_metadata.csv (task name without `prefix`, #datapoints, chance in %)."""
+    meta = read_table(path)
+    for column in (task_column, items_column, chance_column):
+        if column not in meta.columns:
+            raise DataError(f"metadata table {path}: no column {column!r}; columns are {', '.join(map(str, meta.columns))}")
+    meta = meta.set_index(task_column)
+    names = {t: t[len(prefix):] if prefix and t.startswith(prefix) else t for t in tasks}
+    missing = [t for t, name in names.items() if name not in meta.index]
+    if missing:
+        raise DataError(f"metadata table {path}: no row for tasks {missing} (looked up without the prefix {prefix!r})")
+    scale = 100.0 if chance_in_percent else 1.0
+    items = {t: int(meta.loc[name, items_column]) for t, name in names.items()}
+    chance = {t: float(meta.loc[name, chance_column]) / scale for t, name in names.items()}
+    return items, chance
+
+
+# --------------------------------------------------------------- model ----
+@dataclass(frozen=True)
+class ChainSpec:
+    """What the chained model is made of: loss law, link, their likelihoods and the pooling across tasks."""
+
+    loss_law: Law
+    link: Law
+    loss_likelihood: Likelihood
+    metric_likelihood: MetricLikelihood
+    pooling: str = "partial"
+
+    def pooled(self, name: str) -> bool:
+        """A link parameter is pooled across tasks unless its prior reads the task's statistics."""
+        prior = self.link.params[name].prior
+        return self.pooling == "partial" and isinstance(prior, dist.Distribution)
+
+
+def _check_laws(loss_law: Law, link: Law) -> None:
+    if loss_law.numpyro_model is not None or link.numpyro_model is not None:
+        raise ValueError("the chained model needs laws declared with params and mean, not raw NumPyro models")
+    if loss_law.output != "loss":
+        raise ValueError(f"loss law {loss_law.name!r} has output {loss_law.output!r}, not 'loss'")
+    if link.inputs != ("L",):
+        raise ValueError(
+            f"link {link.name!r} has inputs {link.inputs}; the chained model supports links whose only input "
+            f"is the loss L (fit others with bayescale.fit on a table of losses)"
+        )
+    if link.output not in LINK_OUTPUTS:
+        raise ValueError(f"link {link.name!r} has output {link.output!r}; the chained model needs one of {LINK_OUTPUTS}")
+    clash = set(loss_law.params) & set(link.params)
+    if clash:
+        raise ValueError(f"loss law {loss_law.name!r} and link {link.name!r} share parameter names {sorted(clash)}")
+
+
+def probability_correct(link: Law, value):
+    """The link's output as a probability of a correct answer (error links give 1 - error)."""
+    return 1.0 - value if link.output == "error" else value
+
+
+def _sample_task_param(name: str, prior: dist.Distribution, pooled: bool, num_tasks: int):
+    if not pooled:
+        with numpyro.plate("task", num_tasks):
+            return numpyro.sample(name, prior)
+    to_constrained = biject_to(prior.support)
+    center = numpyro.sample(f"{name}_center", prior)
+    tau = numpyro.sample(f"{name}_tau", TAU_PRIOR)
+    with numpyro.plate("task", num_tasks):
+        z = numpyro.sample(f"_{name}_z", dist.Normal(0.0, 1.0))
+    return numpyro.deterministic(name, to_constrained(to_constrained.inv(center) + tau * z))
+
+
+_MODELS: dict[tuple, tuple[ChainSpec, Any]] = {}
+
+
+def chain_model(spec: ChainSpec):
+    """The NumPyro model of the chain (memoised per spec, so jitted code traces it once per process):
+    `model(x, loss_stats, task_stats, loss=None, loss_mask=None, metric=None, metric_mask=None, items=None,
+    y=None)`. `metric` holds counts or fractions as `spec.metric_likelihood.observations` makes them;
+    `y` is unused (the engine's generic prior draws pass it)."""
+    # Laws hold dicts (unhashable): key on their identity, and keep the spec to check it is the same one.
+    key = (id(spec.loss_law), id(spec.link), spec.loss_likelihood, spec.metric_likelihood, spec.pooling)
+    if key in _MODELS and _MODELS[key][0].loss_law is spec.loss_law and _MODELS[key][0].link is spec.link:
+        return _MODELS[key][1]
+    law, link, metric_lik = spec.loss_law, spec.link, spec.metric_likelihood
+
+    def model(x, loss_stats, task_stats, loss=None, loss_mask=None, metric=None, metric_mask=None, items=None, y=None):
+        params = sample_params(law, loss_stats, x)
+        noise = spec.loss_likelihood.sample_noise(loss_stats)
+        law_loss = law.mean(params, x)
+        num_runs = law_loss.shape[0]
+        with numpyro.plate("run", num_runs):
+            z = numpyro.sample("_loss_z", dist.Normal(0.0, 1.0))
+        latent = law_loss * jnp.exp(noise["sigma"] * z)
+        if loss is not None:
+            with handlers.mask(mask=loss_mask):
+                numpyro.sample("loss", spec.loss_likelihood.distribution(law_loss, noise), obs=loss)
+            run_loss = jnp.where(loss_mask, loss, latent)
+        else:
+            run_loss = latent
+
+        num_tasks = task_stats["chance"].shape[0]
+        link_params = {
+            name: _sample_task_param(name, resolve_prior(p.prior, task_stats), spec.pooled(name), num_tasks)
+            for name, p in link.params.items()
+        }
+        phi = None
+        if metric_lik.has_concentration:
+            prior = resolve_prior(metric_lik.phi_prior, task_stats)
+            phi = _sample_task_param("phi", prior, spec.pooling == "partial", num_tasks)[:, None]
+        value = link.mean({k: v[:, None] for k, v in link_params.items()}, {"L": run_loss[None, :]})
+        p_correct = probability_correct(link, value)
+        total = None if items is None else items[:, None]
+        with handlers.mask(mask=True if metric_mask is None else metric_mask):
+            numpyro.sample("metric", metric_lik.distribution(p_correct, total, phi), obs=metric)
+
+    model.__name__ = f"{law.name}_to_{link.name}_model"
+    model.link_params = tuple(link.params)
+    _MODELS[key] = (spec, model)
+    return model
+
+
+def model_inputs(runs: DownstreamRuns, metric_likelihood: MetricLikelihood) -> tuple[tuple, dict]:
+    loss_mask = runs.loss_mask
+    x = {k: jnp.asarray(v) for k, v in runs.x.items()}
+    loss_stats = data_stats(jnp.asarray(np.where(loss_mask, runs.loss, 1.0)), jnp.asarray(loss_mask))
+    acc = np.where(runs.metric_mask, runs.accuracy, np.nan)
+    with np.errstate(all="ignore"):
+        task_stats = {
+            "chance": jnp.asarray(runs.chance),
+            "y_min": jnp.asarray(np.nanmin(np.where(np.isnan(acc), np.inf, acc), axis=1)),
+            "y_max": jnp.asarray(np.nanmax(np.where(np.isnan(acc), -np.inf, acc), axis=1)),
+        }
+    kwargs = {
+        "loss": jnp.asarray(np.where(loss_mask, runs.loss, 1.0)),
+        "loss_mask": jnp.asarray(loss_mask),
+        "metric": jnp.asarray(metric_likelihood.observations(runs.accuracy, runs.items)),
+        "metric_mask": jnp.asarray(runs.metric_mask),
+        "items": None if runs.items is None else jnp.asarray(runs.items, dtype=float),
+    }
+    return (x, loss_stats, task_stats), kwargs
+
+
+def chain_values(spec: ChainSpec, samples, x, run_loss=None):
+    """From posterior draws: the law's mean loss (draws, points) and, given each run's loss (draws, points),
+    the link's value for every task (draws, tasks, points)."""
+    law_params = {k: jnp.asarray(samples[k]) for k in spec.loss_law.params}
+    law_mean = jax.vmap(lambda p: spec.loss_law.mean(p, x))(law_params)
+    if run_loss is None:
+        return law_mean, None
+    link_params = {k: jnp.asarray(samples[k])[:, :, None] for k in spec.link.params}
+    return law_mean, spec.link.mean(link_params, {"L": run_loss[:, None, :]})
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _pointwise_log_likelihood(model, samples, args, kwargs):
+    return log_likelihood(model, samples, *args, **kwargs)
+
+
+@partial(jax.jit, static_argnames=("model", "num_draws"))
+def _prior_draws(model, key, args, kwargs, num_draws):
+    """Parameters drawn from the prior (observed sites stay at their data: no prior predictive group)."""
+
+    def one(k):
+        trace = handlers.trace(handlers.seed(model, k)).get_trace(*args, **kwargs)
+        return {n: s["value"] for n, s in trace.items() if s["type"] in ("sample", "deterministic")}
+
+    return jax.vmap(one)(jax.random.split(key, num_draws))
+
+
+# ----------------------------------------------------------------- fit ----
+@dataclass
+class DownstreamFit:
+    """A fitted chain. `data`: ArviZ DataTree (posterior with task-indexed link parameters, sample_stats,
+    log_likelihood, posterior_predictive and observed_data of "loss" and "metric", prior, constant_data)."""
+
+    spec: ChainSpec
+    data: Any
+    runs: DownstreamRuns
+    diagnostics: Diagnostics
+    settings: SamplerSettings
+    seed: int
+    map: dict[str, float] = field(default_factory=dict)
+
+    loss_law = property(lambda self: self.spec.loss_law)
+    link = property(lambda self: self.spec.link)
+    tasks = property(lambda self: self.runs.tasks)
+
+    @property
+    def converged(self) -> bool:
+        return self.diagnostics.converged
+
+    def predict(self, at, **kwargs) -> DownstreamPrediction:
+        return predict_downstream(self, at, **kwargs)
+
+    def summary(self, quantiles=(0.05, 0.5, 0.95)) -> pd.DataFrame:
+        return summary_downstream(self, quantiles)
+
+    def save(self, path: str | Path) -> Path:
+        return save_downstream(self, path)
+
+    def __repr__(self) -> str:
+        state = "converged" if self.converged else "NOT CONVERGED"
+        return (f"DownstreamFit(loss_law={self.loss_law.name!r}, link={self.link.name!r}, tasks={len(self.tasks)}, "
+                f"runs={len(self.runs)}, pooling={self.spec.pooling!r}, {state})")
+
+
+def _replicate(spec: ChainSpec, samples, runs: DownstreamRuns, key) -> dict[str, np.ndarray]:
+    """Posterior predictive replicates of the observed runs: loss (draws, runs) and accuracy fractions
+    (draws, tasks, runs), each run's link evaluated at its measured loss where it has one."""
+    key_loss, key_metric = jax.random.split(key)
+    x = {k: jnp.asarray(v) for k, v in runs.x.items()}
+    law_mean, _ = chain_values(spec, samples, x)
+    noise = {k: jnp.asarray(samples[k]) for k in spec.loss_likelihood.param_names}
+    latent = law_mean * jnp.exp(noise["sigma"][:, None] * jnp.asarray(samples["_loss_z"]))
+    run_loss = jnp.where(jnp.asarray(runs.loss_mask), jnp.asarray(np.nan_to_num(runs.loss, nan=1.0)), latent)
+    _, value = chain_values(spec, samples, x, run_loss)
+    accuracy = _new_accuracy(spec, samples, runs, probability_correct(spec.link, value), key_metric)
+    return {"loss": np.asarray(spec.loss_likelihood.sample_new(key_loss, law_mean, noise)), "metric": accuracy}
+
+
+def _new_accuracy(spec: ChainSpec, samples, runs: DownstreamRuns, p_correct, key) -> np.ndarray:
+    items = None if runs.items is None else jnp.asarray(runs.items)[None, :, None]
+    phi = jnp.asarray(samples["phi"])[:, :, None] if spec.metric_likelihood.has_concentration else None
+    observed = spec.metric_likelihood.sample(key, p_correct, items, phi)
+    return np.asarray(spec.metric_likelihood.as_fraction(observed, items))
+
+
+def _to_datatree(mcmc, model, spec: ChainSpec, args, kwargs, runs: DownstreamRuns, key, num_prior_draws):
+    key_ppc, key_prior = jax.random.split(key)
+    chains = mcmc.num_chains
+    flat = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+    by_chain = lambda a: np.asarray(a).reshape(chains, -1, *np.shape(a)[1:])  # noqa: E731
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    names = {"diverging": "diverging", "energy": "energy", "num_steps": "n_steps", "accept_prob": "acceptance_rate",
+             "adapt_state.step_size": "step_size"}
+    sample_stats = {name: np.asarray(extra[f]) for f, name in names.items() if f in extra}
+    sample_stats["lp"] = -np.asarray(extra["potential_energy"])
+    loglik = _pointwise_log_likelihood(model, flat, args, kwargs)
+    prior = _prior_draws(model, key_prior, args, kwargs, num_prior_draws)
+    ppc = _replicate(spec, flat, runs, key_ppc)
+    task_names = [*model.link_params, "phi"]
+    task_dims = {"_loss_z": ["run"]}
+    for name in task_names:
+        task_dims[name] = ["task"]
+        task_dims[f"_{name}_z"] = ["task"]
+    task_dims = {k: v for k, v in task_dims.items() if k in flat}
+    constant = {**{k: np.asarray(v) for k, v in runs.x.items()}, "chance": runs.chance}
+    if runs.items is not None:
+        constant["items"] = runs.items
+    loss_loglik = np.where(runs.loss_mask, np.asarray(loglik["loss"]), 0.0)
+    metric_loglik = np.where(runs.metric_mask, np.asarray(loglik["metric"]), 0.0)
+    return az.from_dict(
+        {
+            "posterior": {k: by_chain(v) for k, v in flat.items()},
+            "sample_stats": sample_stats,
+            "log_likelihood": {"loss": by_chain(loss_loglik), "metric": by_chain(metric_loglik)},
+            "posterior_predictive": {"loss": by_chain(ppc["loss"]), "metric": by_chain(ppc["metric"])},
+            "prior": {k: np.asarray(v)[None] for k, v in prior.items() if k not in ("loss", "metric")},
+            "observed_data": {"loss": runs.loss, "metric": runs.accuracy},
+            "constant_data": constant,
+        },
+        coords={"run": np.arange(len(runs)), "task": list(runs.tasks)},
+        dims={"loss": ["run"], "metric": ["task", "run"], "chance": ["task"], "items": ["task"],
+              **{k: ["run"] for k in runs.x}, **task_dims},
+    )
+
+
+def fit_downstream(
+    data: pd.DataFrame | str | Path | DownstreamRuns,
+    *,
+    tasks: Sequence[str] = (),
+    loss_law: str | Law = "chinchilla",
+    link: str | Law = "link_exponential",
+    loss_column: str | None = "loss",
+    columns: Mapping[str, str] | None = None,
+    items: Mapping[str, int] | Sequence[int] | None = None,
+    chance: Mapping[str, float] | Sequence[float] | None = None,
+    likelihood: str | Likelihood = "normal",
+    metric_likelihood: str | MetricLikelihood = "auto",
+    pooling: str = "partial",
+    priors: Mapping[str, PriorSpec] | None = None,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    seed: int = 0,
+    settings: SamplerSettings | None = None,
+    map_starts: int = 32,
+    allow_repeats: bool = False,
+    num_prior_draws: int = 200,
+    thresholds: Thresholds = Thresholds(),
+) -> DownstreamFit:
+    """Fit loss law and link to one table of runs: inputs of the loss law (N, D, ...; `columns` maps them),
+    a `loss_column` and one accuracy column per task in `tasks` (fractions; empty cells are missing).
+
+    `items`/`chance`: per task (keyed by task column); `task_metadata` reads them from an eval metadata table.
+    `metric_likelihood`: "auto" (Beta-Binomial with items, Beta without), "binomial", "beta_binomial",
+    "beta". `pooling`: "partial" (hierarchical link across tasks) or "none" (each task on its own).
+    `priors`: replaces priors by name (loss-law and link parameters, "sigma"). Non-convergence warns
+    (`ConvergenceWarning`) and sets `converged` False.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    loss_law, link = get_law(loss_law), get_law(link)
+    _check_laws(loss_law, link)
+    priors = dict(priors or {})
+    known = set(loss_law.params) | set(link.params) | {"sigma"}
+    unknown = sorted(set(priors) - known)
+    if unknown:
+        raise KeyError(f"priors given for unknown parameters {unknown}; the chain has {sorted(known)}")
+    loss_law = loss_law.with_priors({k: v for k, v in priors.items() if k in loss_law.params})
+    link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
+    loss_likelihood = as_likelihood(likelihood).with_priors(priors)
+    runs = data if isinstance(data, DownstreamRuns) else downstream_runs(
+        data, loss_law, tasks=tasks, loss_column=loss_column, columns=columns, items=items, chance=chance,
+        allow_repeats=allow_repeats,
+    )
+    if isinstance(metric_likelihood, str):
+        metric_likelihood = MetricLikelihood(metric_likelihood)
+    metric_likelihood = metric_likelihood.resolve(runs.items is not None)
+    spec = ChainSpec(loss_law, link, loss_likelihood, metric_likelihood, pooling)
+    settings = settings or SamplerSettings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains)
+
+    model = chain_model(spec)
+    args, kwargs = model_inputs(runs, metric_likelihood)
+    key_map, key_nuts, key_pred = jax.random.split(jax.random.PRNGKey(seed), 3)
+    mode = map_estimate(model, args, kwargs, key_map, num_starts=map_starts)
+    mcmc = run_nuts(model, args, kwargs, key_nuts, settings, init_unconstrained=mode.unconstrained)
+    dt = _to_datatree(mcmc, model, spec, args, kwargs, runs, key_pred, num_prior_draws)
+    diagnostics = check_convergence(dt, params=_checked_params(dt), thresholds=thresholds)
+    warn_if_not_converged(diagnostics, what=f"downstream fit of {loss_law.name!r} -> {link.name!r}")
+    return DownstreamFit(spec=spec, data=dt, runs=runs, diagnostics=diagnostics, settings=settings, seed=seed,
+                         map=mode.params)
+
+
+def _checked_params(dt) -> list[str]:
+    # Latent standard-normal offsets of runs with a measured loss are pure prior: not worth checking.
+    return [str(n) for n in dt.posterior.data_vars if not str(n).startswith("_")]
+
+
+# ------------------------------------------------------------- predict ----
+@dataclass(frozen=True)
+class DownstreamPrediction:
+    """Draws at new points. `loss`: a new run's loss (draws, points); `metric[task]`: the link at that loss
+    (the task's expected metric, draws x points); `new_run[task]`: a new evaluation of the task (with its
+    item and extra-binomial noise); `average` / `average_new_run`: the mean over tasks, per draw. Metrics are
+    in the link's output units (`output`: "error" or "accuracy")."""
+
+    points: pd.DataFrame
+    loss: np.ndarray
+    metric: dict[str, np.ndarray]
+    new_run: dict[str, np.ndarray]
+    output: str
+    tasks: tuple[str, ...]
+
+    @property
+    def average(self) -> np.ndarray:
+        return np.mean([self.metric[t] for t in self.tasks], axis=0)
+
+    @property
+    def average_new_run(self) -> np.ndarray:
+        return np.mean([self.new_run[t] for t in self.tasks], axis=0)
+
+    def quantiles(self, q: Sequence[float] = (0.05, 0.5, 0.95), new_run: bool = True) -> pd.DataFrame:
+        """One row per (point, quantity): the loss, each task and the average over tasks."""
+        rows = []
+        series = {"loss": self.loss, "average": self.average_new_run if new_run else self.average}
+        series.update(self.new_run if new_run else self.metric)
+        for i in range(len(self.points)):
+            point = self.points.iloc[i].to_dict()
+            for name, values in series.items():
+                row = {**point, "quantity": name}
+                row.update({f"q{100 * level:g}": float(np.quantile(values[:, i], level)) for level in q})
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_dict(self, q: Sequence[float] = (0.05, 0.5, 0.95)) -> dict:
+        return {"output": self.output, "tasks": list(self.tasks), "rows": self.quantiles(q).to_dict(orient="records")}
+
+
+def _draws(fit: DownstreamFit) -> dict[str, np.ndarray]:
+    post = fit.data.posterior
+    return {str(n): np.asarray(post[n]).reshape(-1, *post[n].shape[2:]) for n in post.data_vars}
+
+
+def predict_downstream(fit: DownstreamFit, at, *, seed: int = 0, loss: Sequence[float] | None = None) -> DownstreamPrediction:
+    """Loss and every task's metric at new inputs `at` ({"N": 6.9e9, "D": 1.4e11} or a DataFrame), as
+    posterior draws. `loss=`: known losses of those runs, to predict the metrics from a measured loss."""
+    points = points_from_mapping(at, fit.loss_law)
+    samples = _draws(fit)
+    spec = fit.spec
+    x = {k: jnp.asarray(v) for k, v in points.x.items()}
+    key_loss, key_metric = jax.random.split(jax.random.PRNGKey(seed))
+    law_mean, _ = chain_values(spec, samples, x)
+    if loss is None:
+        noise = {k: jnp.asarray(samples[k]) for k in spec.loss_likelihood.param_names}
+        new_loss = spec.loss_likelihood.sample_new(key_loss, law_mean, noise)
+    else:
+        loss = np.broadcast_to(np.asarray(loss, float), (len(points),))
+        new_loss = jnp.broadcast_to(jnp.asarray(loss), law_mean.shape)
+    _, value = chain_values(spec, samples, x, new_loss)                                # (draws, tasks, points)
+    accuracy = _new_accuracy(spec, samples, fit.runs, probability_correct(spec.link, value), key_metric)
+    new_value = 1.0 - accuracy if spec.link.output == "error" else accuracy
+    value = np.asarray(value)
+    tasks = fit.runs.tasks
+    return DownstreamPrediction(
+        points=points.to_frame().reset_index(drop=True),
+        loss=np.asarray(new_loss),
+        metric={t: value[:, i, :] for i, t in enumerate(tasks)},
+        new_run={t: new_value[:, i, :] for i, t in enumerate(tasks)},
+        output=spec.link.output,
+        tasks=tasks,
+    )
+
+
+def summary_downstream(fit: DownstreamFit, quantiles=(0.05, 0.5, 0.95)) -> pd.DataFrame:
+    """Per parameter (task-indexed link parameters one row per task, "k[hellaswag]"): mean, sd, quantiles,
+    R-hat, bulk and tail ESS."""
+    post = fit.data.posterior
+    rhat = az.rhat(fit.data)
+    ess_bulk = az.ess(fit.data, method="bulk")
+    ess_tail = az.ess(fit.data, method="tail")
+    rows = {}
+    for name in _checked_params(fit.data):
+        values = np.asarray(post[name]).reshape(-1, *post[name].shape[2:])
+        dims = post[name].dims[2:]
+        labels = [name] if values.ndim == 1 else [f"{name}[{c}]" for c in np.asarray(post[name][dims[0]])]
+        columns = values.reshape(len(values), -1)
+        for j, label in enumerate(labels):
+            v = columns[:, j]
+            row = {"mean": float(v.mean()), "sd": float(v.std(ddof=1))}
+            row.update({f"q{100 * q:g}": float(np.quantile(v, q)) for q in quantiles})
+            for stat_name, stat in (("rhat", rhat), ("ess_bulk", ess_bulk), ("ess_tail", ess_tail)):
+                row[stat_name] = float(np.asarray(stat[name]).reshape(-1)[j])
+            rows[label] = row
+    return pd.DataFrame(rows).T
+
+
+# --------------------------------------------------------- persistence ----
+def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
+    """One NetCDF file: the DataTree with the chain's description as JSON in the root attribute
+    `bayescale_downstream`. Laws are stored by name (catalogue or `register_law`)."""
+    from bayescale.persistence import prior_to_json
+
+    path = Path(path)
+    spec = fit.spec
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "loss_law": spec.loss_law.name,
+        "link": spec.link.name,
+        "loss_likelihood": spec.loss_likelihood.to_dict(),
+        "metric_likelihood": spec.metric_likelihood.to_dict(),
+        "pooling": spec.pooling,
+        "tasks": list(fit.runs.tasks),
+        "labels": [str(v) for v in fit.runs.labels],
+        "sources": fit.runs.sources,
+        "loss_column": fit.runs.loss_column,
+        "settings": fit.settings.to_dict(),
+        "seed": fit.seed,
+        "map": fit.map,
+        "priors": {
+            name: prior_to_json(p.prior) for law in (spec.loss_law, spec.link) for name, p in law.params.items()
+            if p.prior is not get_law(law.name).params[name].prior
+        },
+    }
+    dt = fit.data.copy()
+    dt.attrs["bayescale_downstream"] = json.dumps(meta)
+    tmp = path.with_name(path.name + ".tmp")
+    dt.to_netcdf(tmp, engine="h5netcdf")
+    tmp.replace(path)
+    return path
+
+
+def is_downstream_file(path: str | Path) -> bool:
+    try:
+        dt = az.from_netcdf(Path(path), engine="h5netcdf")
+    except Exception:  # noqa: BLE001  not a readable NetCDF: not ours either
+        return False
+    return "bayescale_downstream" in dt.attrs
+
+
+def load_downstream(path: str | Path) -> DownstreamFit:
+    from bayescale.persistence import prior_from_json
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no fit file at {path}")
+    dt = az.from_netcdf(path, engine="h5netcdf")
+    if "bayescale_downstream" not in dt.attrs:
+        raise ValueError(f"{path} is not a bayescale downstream fit (no 'bayescale_downstream' attribute)")
+    meta = json.loads(dt.attrs["bayescale_downstream"])
+    priors = {k: prior_from_json(v) for k, v in meta["priors"].items()}
+    priors = {k: v for k, v in priors.items() if v is not None}
+    loss_law, link = get_law(meta["loss_law"]), get_law(meta["link"])
+    loss_law = loss_law.with_priors({k: v for k, v in priors.items() if k in loss_law.params})
+    link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
+    spec = ChainSpec(loss_law, link, Likelihood(**meta["loss_likelihood"]),
+                     MetricLikelihood(**meta["metric_likelihood"]), meta["pooling"])
+    constant = dt.constant_data
+    runs = DownstreamRuns(
+        x={k: np.asarray(constant[k]) for k in loss_law.inputs},
+        loss=np.asarray(dt.observed_data["loss"]),
+        accuracy=np.asarray(dt.observed_data["metric"]),
+        tasks=tuple(meta["tasks"]),
+        items=np.asarray(constant["items"]).astype(int) if "items" in constant else None,
+        chance=np.asarray(constant["chance"]),
+        labels=np.asarray(meta["labels"]),
+        sources=meta["sources"],
+        loss_column=meta["loss_column"],
+    )
+    return DownstreamFit(spec=spec, data=dt, runs=runs, diagnostics=check_convergence(dt, params=_checked_params(dt)),
+                         settings=SamplerSettings(**meta["settings"]), seed=meta["seed"], map=meta["map"])
