@@ -1,0 +1,170 @@
+"""Downstream chain (bayescale.downstream): simulated-chain recovery with coverage, Binomial vs Beta
+likelihoods, masks for missing loss / metrics, input validation, and the real over-training reproduction."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayescale  # noqa: F401
+from bayescale import downstream as ds
+from bayescale.runs import DataError
+
+LOSS = {"E": 1.8, "A": 480.0, "alpha": 0.35, "B": 2000.0, "beta": 0.37}
+CHANCE = np.array([0.25, 0.5, 0.0])
+ITEMS = np.array([2000, 500, 1000])
+
+
+def simulate(seed=0, num_runs=12, sigma=0.01):
+    """A known chain: Chinchilla loss with log-normal noise -> exponential link -> Binomial counts."""
+    rng = np.random.default_rng(seed)
+    N = np.exp(rng.uniform(np.log(1e7), np.log(2e9), num_runs))
+    D = N * np.exp(rng.uniform(np.log(5), np.log(500), num_runs))
+    law = LOSS["E"] + LOSS["A"] / N ** LOSS["alpha"] + LOSS["B"] / D ** LOSS["beta"]
+    loss = law * np.exp(sigma * rng.standard_normal(num_runs))
+    truth = {"eps": 1 - CHANCE, "d": np.array([0.17, 0.2, 0.25]), "gamma": np.array([1.0, 1.5, 1.4])}
+    err = truth["eps"][:, None] - truth["d"][:, None] * np.exp(-truth["gamma"][:, None] * (loss[None] - 3.0))
+    acc = rng.binomial(ITEMS[:, None], np.clip(1 - err, 0, 1)) / ITEMS[:, None]
+    table = pd.DataFrame({"N": N, "D": D, "loss": loss})
+    tasks = [f"acc_t{i}" for i in range(len(CHANCE))]
+    for i, name in enumerate(tasks):
+        table[name] = acc[i]
+    return table, tasks, truth
+
+
+def small(**kw):
+    return dict(num_warmup=250, num_samples=250, num_chains=2, map_starts=8, **kw)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    return simulate()
+
+
+@pytest.fixture(scope="module")
+def binomial_fit(simulated):
+    table, tasks, _ = simulated
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ds.fit_downstream(table, tasks=tasks, items=dict(zip(tasks, ITEMS)), chance=dict(zip(tasks, CHANCE)),
+                                 metric_likelihood="binomial", **small())
+
+
+def test_simulated_chain_recovered_with_coverage(simulated, binomial_fit):
+    _, tasks, truth = simulated
+    post = binomial_fit.data.posterior
+    covered, total = 0, 0
+    for name in ("eps", "d", "gamma"):
+        values = np.asarray(post[name]).reshape(-1, len(tasks))
+        lo, hi = np.quantile(values, [0.05, 0.95], axis=0)
+        covered += int(np.sum((lo <= truth[name]) & (truth[name] <= hi)))
+        total += len(tasks)
+    for name in ("alpha", "beta", "E"):
+        values = np.asarray(post[name]).ravel()
+        lo, hi = np.quantile(values, [0.05, 0.95])
+        covered += int(lo <= LOSS[name] <= hi)
+        total += 1
+    # 12 intervals at 90%: at least 9 must cover (P(fewer) < 3% if calibrated).
+    assert covered >= 9, f"{covered}/{total} 90% intervals cover the true values"
+
+
+def test_prediction_at_new_run_covers_truth(simulated, binomial_fit):
+    _, tasks, truth = simulated
+    N, D = 1.5e9, 3e11
+    prediction = binomial_fit.predict({"N": N, "D": D})
+    true_loss = LOSS["E"] + LOSS["A"] / N ** LOSS["alpha"] + LOSS["B"] / D ** LOSS["beta"]
+    lo, hi = np.quantile(prediction.loss[:, 0], [0.05, 0.95])
+    assert lo <= true_loss <= hi
+    true_err = truth["eps"] - truth["d"] * np.exp(-truth["gamma"] * (true_loss - 3.0))
+    lo, hi = np.quantile(prediction.average[:, 0], [0.02, 0.98])
+    assert lo <= true_err.mean() <= hi
+    table = prediction.quantiles()
+    assert set(table.quantity) == {"loss", "average", *tasks}
+    # the average over tasks is computed per draw from the tasks, not fitted
+    np.testing.assert_allclose(prediction.average, np.mean([prediction.metric[t] for t in tasks], axis=0))
+
+
+def test_beta_without_items_is_wider_than_binomial(simulated, binomial_fit):
+    table, tasks, _ = simulated
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        beta = ds.fit_downstream(table, tasks=tasks, chance=dict(zip(tasks, CHANCE)), **small())
+    assert beta.spec.metric_likelihood.family == "beta"
+    assert "phi" in beta.data.posterior
+    # Binomial knows the exact item noise; Beta must learn its spread: its link is less certain.
+    width = lambda f: np.ptp(np.quantile(np.asarray(f.data.posterior["gamma"]).reshape(-1, 3), [0.05, 0.95], axis=0), axis=0)  # noqa: E731
+    assert np.mean(width(beta)) > np.mean(width(binomial_fit))
+
+
+def test_missing_loss_and_metrics_are_masked(simulated):
+    table, tasks, _ = simulated
+    table = table.copy()
+    table.loc[0, "loss"] = np.nan          # a run with accuracies and no loss
+    table.loc[1, tasks] = np.nan            # a run with a loss and no accuracies
+    table.loc[2, tasks[0]] = np.nan         # one task missing
+    runs = ds.downstream_runs(table, bayescale.get_law("chinchilla"), tasks=tasks, items=dict(zip(tasks, ITEMS)))
+    assert not runs.loss_mask[0] and runs.loss_mask[1]
+    assert not runs.metric_mask[:, 1].any() and not runs.metric_mask[0, 2] and runs.metric_mask[1:, 2].all()
+    spec = ds.ChainSpec(bayescale.get_law("chinchilla"), bayescale.get_law("link_exponential"),
+                        bayescale.Likelihood(), ds.MetricLikelihood("binomial"))
+    model = ds.chain_model(spec)
+    args, kwargs = ds.model_inputs(runs, spec.metric_likelihood)
+    from numpyro import handlers
+
+    trace = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
+    from numpyro.infer.util import log_density
+
+    # changing a masked value must not change the log density; changing an observed one must
+    latent = {k: s["value"] for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}
+
+    def density_with(**change):
+        return float(log_density(model, args, {**kwargs, **change}, latent)[0])
+
+    base = density_with()
+    assert density_with(loss=kwargs["loss"].at[0].set(9.0)) == pytest.approx(base)       # masked
+    assert density_with(loss=kwargs["loss"].at[3].set(9.0)) != pytest.approx(base)       # observed
+    assert density_with(metric=kwargs["metric"].at[0, 2].set(3.0)) == pytest.approx(base)
+    assert density_with(metric=kwargs["metric"].at[1, 2].set(3.0)) != pytest.approx(base)
+
+
+def test_validation_messages(simulated):
+    table, tasks, _ = simulated
+    law = bayescale.get_law("chinchilla")
+    bad = table.copy()
+    bad.loc[3, tasks[1]] = 1.7
+    with pytest.raises(DataError, match=r"acc_t1.*\[0, 1\].*rows 3"):
+        ds.downstream_runs(bad, law, tasks=tasks)
+    with pytest.raises(DataError, match="positive integers.*acc_t0=12.5"):
+        ds.downstream_runs(table, law, tasks=tasks, items={tasks[0]: 12.5, tasks[1]: 500, tasks[2]: 1000})
+    with pytest.raises(DataError, match="positive integers"):
+        ds.downstream_runs(table, law, tasks=tasks, items={tasks[0]: 0, tasks[1]: 500, tasks[2]: 1000})
+    with pytest.raises(DataError, match=r"task columns \['acc_nope'\] are not in the table"):
+        ds.downstream_runs(table, law, tasks=[*tasks, "acc_nope"])
+    with pytest.raises(DataError, match="no value for tasks"):
+        ds.downstream_runs(table, law, tasks=tasks, items={tasks[0]: 2000})
+    with pytest.raises(DataError, match="whole number of correct"):
+        ds.downstream_runs(table, law, tasks=tasks, items={tasks[0]: 7, tasks[1]: 500, tasks[2]: 1000})
+    empty = table.copy()
+    empty.loc[4, ["loss", *tasks]] = np.nan
+    with pytest.raises(DataError, match="rows 4 have neither a loss nor any task accuracy"):
+        ds.downstream_runs(empty, law, tasks=tasks)
+    with pytest.raises(ValueError, match="needs the number of items"):
+        ds.fit_downstream(table, tasks=tasks, metric_likelihood="binomial")
+
+
+def test_save_load_roundtrip(tmp_path, binomial_fit):
+    path = binomial_fit.save(tmp_path / "chain.nc")
+    assert ds.is_downstream_file(path)
+    loaded = ds.load_downstream(path)
+    assert loaded.tasks == binomial_fit.tasks and loaded.link.name == "link_exponential"
+    a = binomial_fit.predict({"N": 1e9, "D": 2e10}, seed=1).average
+    b = loaded.predict({"N": 1e9, "D": 2e10}, seed=1).average
+    np.testing.assert_allclose(a, b)
+
+
+def test_link_laws_listed():
+    catalogue = bayescale.laws()
+    for name, output in (("link_exponential", "error"), ("link_sigmoid", "accuracy"),
+                         ("link_loss_to_loss", "loss"), ("link_pass_at_k", "pass_rate")):
+        assert catalogue[name].output == output and "L" in catalogue[name].inputs
