@@ -193,6 +193,57 @@ def cmd_laws(args) -> int:
     return 0
 
 
+def cmd_fit_downstream(args) -> int:
+    import bayescale as bs
+    from bayescale import downstream
+
+    tasks = [t for item in args.task for t in item.split(",") if t]
+    items = chance = None
+    if args.metadata:
+        items, chance = downstream.task_metadata(args.metadata, tasks, prefix=args.metadata_prefix)
+    if args.items:
+        items = {k: v for k, v in _key_values(",".join(args.items), "--items").items()}
+    if args.chance:
+        chance = {k: float(v) for k, v in _key_values(",".join(args.chance), "--chance").items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", bs.ConvergenceWarning)
+        result = downstream.fit_downstream(
+            args.data, tasks=tasks, loss_law=args.law, link=args.link, loss_column=args.loss,
+            columns=parse_columns(args.column), items=items, chance=chance, likelihood=args.likelihood,
+            metric_likelihood=args.metric_likelihood, pooling=args.pooling, num_warmup=args.warmup,
+            num_samples=args.draws, num_chains=args.chains, seed=args.seed,
+        )
+    for w in caught:
+        if issubclass(w.category, bs.ConvergenceWarning):
+            print(f"WARNING: {w.message}", file=sys.stderr)
+    out = Path(args.out)
+    result.save(out)
+    if args.json:
+        _json({"file": str(out), "loss_law": result.loss_law.name, "link": result.link.name,
+               "tasks": list(result.tasks), "converged": result.converged,
+               "summary": result.summary().to_dict(orient="index"), "diagnostics": result.diagnostics.to_dict()})
+    else:
+        print(f"{result!r} -> {out}")
+        _print_table(result.summary())
+    return EXIT_NOT_CONVERGED if args.strict and not result.converged else 0
+
+
+def cmd_predict_downstream(args) -> int:
+    from bayescale import downstream
+
+    result = downstream.load_downstream(args.fit)
+    levels = (args.level_low, 0.5, 1 - args.level_low)
+    table = pd.concat(
+        [result.predict(parse_point(p), seed=args.seed).quantiles(levels) for p in args.at], ignore_index=True
+    )
+    if args.json:
+        _json({"converged": result.converged, "output": result.link.output, "tasks": list(result.tasks),
+               "rows": table.to_dict(orient="records")})
+    else:
+        _print_table(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian scaling-law inference.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -245,6 +296,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("fit-downstream", help="fit loss law and link to loss and task accuracies as one posterior")
+    p.add_argument("data", help="CSV, TSV or Parquet table: loss-law inputs, a loss column, accuracy columns")
+    p.add_argument("--task", action="append", required=True, metavar="COLUMN[,COLUMN...]", help="accuracy column(s) (repeatable)")
+    p.add_argument("--law", default="chinchilla", help="loss law (default chinchilla)")
+    p.add_argument("--link", default="link_exponential", help="link law from loss to metric (default link_exponential)")
+    p.add_argument("--loss", default="loss", help="loss column (empty cells: missing)")
+    p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a loss-law input to a column")
+    p.add_argument("--metadata", help="table of task sizes and chance levels (eval_metadata.csv layout)")
+    p.add_argument("--metadata-prefix", default="acc_", help="prefix of the task columns not in the metadata names")
+    p.add_argument("--items", action="append", metavar="COLUMN=N", help="number of items of a task")
+    p.add_argument("--chance", action="append", metavar="COLUMN=P", help="chance accuracy of a task (fraction)")
+    p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
+    p.add_argument("--metric-likelihood", default="auto", choices=["auto", "binomial", "beta_binomial", "beta"])
+    p.add_argument("--pooling", default="partial", choices=["partial", "none"])
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="file to save the fit to (NetCDF)")
+    p.add_argument("--strict", action="store_true", help=f"exit {EXIT_NOT_CONVERGED} if the fit did not converge")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fit_downstream)
+
+    p = sub.add_parser("predict-downstream", help="loss, every task's metric and their average at new inputs")
+    p.add_argument("fit")
+    p.add_argument("--at", action="append", required=True, metavar="N=...,D=...", help="a point (repeatable)")
+    p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (default 0.05: 90%%)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict_downstream)
 
     p = sub.add_parser("laws", help="list the law families")
     p.add_argument("--json", action="store_true")
