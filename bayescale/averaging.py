@@ -73,7 +73,7 @@ def average_predict(
         raise ValueError(f"model weights must be non-negative, finite and not all zero; got {dict(zip(named, w))}")
     w = w / w.sum()
 
-    predictions = {name: predict(fit, at, seed=seed) for name, fit in named.items()}
+    predictions = {name: predict(fit, inputs_for(fit, at), seed=seed) for name, fit in named.items()}
     used = [name for name, weight in zip(named, w) if weight > 0]
     total = int(num_draws or min(len(predictions[name].mean) for name in used))
     counts = mixture_counts(w, total)
@@ -93,6 +93,17 @@ def average_predict(
         new_run=np.concatenate(new_runs)[order],
         output=next(iter(predictions.values())).output,
     )
+
+
+def inputs_for(fit, at):
+    """`at` with the fit's own input names added where the fit mapped a column to an input: a power law in
+    x fitted with columns={"x": "N"} is predicted at the N of `at`."""
+    renames = {inp: col for inp, col in fit.runs.sources.items() if inp in fit.law.inputs and col != inp}
+    if isinstance(at, pd.DataFrame):
+        extra = {inp: at[col] for inp, col in renames.items() if inp not in at.columns and col in at.columns}
+        return at.assign(**extra) if extra else at
+    extra = {inp: at[col] for inp, col in renames.items() if inp not in at and col in at}
+    return {**at, **extra} if extra else at
 
 
 def _merged_points(predictions) -> pd.DataFrame:

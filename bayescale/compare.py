@@ -220,20 +220,23 @@ def compare(
     extrapolation: bool = False,
     holdout: float | int = 0.2,
     widen_factor: float | None = 2.0,
+    cross_check: bool = True,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Compare fits of different law families to the same runs; see the module docstring for the columns.
 
     `fits`: a dict name -> Fit, or a list (named by law). `prior_weights`: prior model weights by name
     (default equal; missing names get 0). `extrapolation=True` refits each family without its `holdout`
-    largest-compute runs (a fraction, or a count) and scores them. Rows are sorted by log evidence.
+    largest-compute runs (a fraction, or a count) and scores them. `widen_factor=None` skips the prior
+    sensitivity, `cross_check=False` the Laplace estimate. Rows are sorted by log evidence.
     """
     named = _named(fits)
     _check_same_data(named)
     names = list(named)
+    log_prior = _normalised_log_weights(names, prior_weights)  # bad weights fail before any work
     rows: dict[str, dict[str, Any]] = {}
     for name, fit in named.items():
-        report = evidence_report(fit, seed=seed, widen_factor=widen_factor)
+        report = evidence_report(fit, seed=seed, widen_factor=widen_factor, cross_check=cross_check)
         row = {"law": fit.law.name, "log_z": report.primary.log_z, "log_z_error": report.primary.error}
         row["log_z_laplace"] = report.cross_check.log_z if report.cross_check is not None else np.nan
         row["log_z_wide_priors"] = report.widened.log_z if report.widened is not None else np.nan
@@ -243,7 +246,6 @@ def compare(
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
 
-    log_prior = _normalised_log_weights(names, prior_weights)
     table["prior_weight"] = np.exp(log_prior)
     table["log_bf_vs_best"] = table["log_z"] - table["log_z"].max()
     table["posterior_prob"] = _softmax(table["log_z"].to_numpy() + log_prior)

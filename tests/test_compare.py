@@ -6,9 +6,8 @@ LOO, give coherent probabilities and weights, and the averaged prediction must b
 Slow tier: the same over 10 seeds (the issue asks for >= 9 of 10 picks of the true family).
 """
 
+import dataclasses
 import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -73,7 +72,7 @@ def test_compare_prefers_the_true_family(comparison):
 def test_prior_weights_shift_posterior_probabilities(fits, comparison):
     # With prior weight only on the rivals, the probabilities renormalise over them by their evidence.
     weighted = compare({k: fits[k] for k in ("kaplan", "params_only")}, prior_weights={"kaplan": 1.0, "params_only": 0.0},
-                       widen_factor=None)
+                       widen_factor=None, cross_check=False)
     assert weighted.loc["kaplan", "posterior_prob"] == pytest.approx(1.0)
     assert weighted.loc["params_only", "posterior_prob"] == 0.0
     with pytest.raises(KeyError, match="unknown fits"):
@@ -82,8 +81,9 @@ def test_prior_weights_shift_posterior_probabilities(fits, comparison):
         compare(fits, prior_weights={"kaplan": -1.0})
 
 
-def test_compare_refuses_fits_to_different_runs(fits, table):
-    other = bs.fit(table.iloc[:40], "kaplan", num_warmup=100, num_samples=100, num_chains=1)
+def test_compare_refuses_fits_to_different_runs(fits):
+    runs = fits["kaplan"].runs
+    other = dataclasses.replace(fits["kaplan"], runs=dataclasses.replace(runs, y=runs.y * 1.01))
     with pytest.raises(ValueError, match="different runs"):
         compare({"chinchilla": fits["chinchilla"], "other": other})
 
@@ -125,14 +125,14 @@ def test_averaged_prediction_is_the_weighted_mixture(fits, comparison):
     assert list(mixture_counts(np.array([0.5, 0.25, 0.25]), 7)) in ([3, 2, 2], [4, 2, 1], [4, 1, 2])
 
 
-def test_cli_compare_json(fits, tmp_path):
+def test_cli_compare_json(fits, tmp_path, capsys):
+    from bayescale.cli import main
+
     paths = []
     for name in ("chinchilla", "kaplan"):
         paths.append(str(bs.save(fits[name], tmp_path / f"{name}.fit")))
-    out = subprocess.run([sys.executable, "-m", "bayescale.cli", "compare", *paths, "--json"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    assert main(["compare", *paths, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
     rows = pd.DataFrame(result["table"]).T
     assert rows.index[0].startswith("chinchilla") and "log_z" in rows.columns
     assert "notes" in result and "warnings" in result
@@ -142,7 +142,8 @@ def test_cli_compare_json(fits, tmp_path):
 def test_true_family_picked_in_at_least_9_of_10_seeds():
     picked = []
     for seed in range(10):
-        table = simulate_chinchilla(num_runs=40 + 5 * seed, sigma=0.015, seed=100 + seed)
+        # Two sizes (40 and 80 runs) so each law compiles twice, not ten times.
+        table = simulate_chinchilla(num_runs=40 if seed % 2 else 80, sigma=0.015, seed=100 + seed)
         result = compare(fit_families(table, seed=seed, draws=500, warmup=500), widen_factor=None)
         picked.append(result.index[0])
         print(f"seed {seed}: runs {len(table)}, best {result.index[0]}, "
