@@ -244,6 +244,24 @@ def cmd_predict_downstream(args) -> int:
     return 0
 
 
+def cmd_prior_check(args) -> int:
+    from bayescale.prior_predictive import prior_predictive
+
+    priors = dict(parse_prior(p) for p in args.prior or [])
+    check = prior_predictive(
+        args.law, args.data, columns=parse_columns(args.column), y=args.y, likelihood=args.likelihood,
+        priors=priors, num_draws=args.draws, seed=args.seed, allow_repeats=args.allow_repeats,
+    )
+    table = check.quantiles()
+    verdict = check.verdict()
+    if args.json:
+        _json({"law": check.law.name, "verdict": verdict, "points": table.to_dict(orient="records")})
+    else:
+        _print_table(table)
+        print(verdict["message"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian scaling-law inference.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -327,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict_downstream)
+
+    p = sub.add_parser("prior-check", help="prior predictive check: prior bands at the runs against the data")
+    p.add_argument("data", help="CSV, TSV or Parquet table of runs")
+    p.add_argument("--law", required=True, help="law name (see `bayescale laws`)")
+    p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
+    p.add_argument("--y", default="loss", help="output column (default: loss)")
+    p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
+    p.add_argument("--prior", action="append", metavar="NAME=DIST(ARGS)", help="override a prior")
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-repeats", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prior_check)
 
     p = sub.add_parser("laws", help="list the law families")
     p.add_argument("--json", action="store_true")

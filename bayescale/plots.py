@@ -286,3 +286,28 @@ def plot_diagnostics(fit, kind: str = "trace", var_names: Sequence[str] | None =
         n for n in fit.param_names if n in fit.data.posterior.data_vars
     ]
     return plot(fit.data, var_names=names, backend="matplotlib", **kwargs)
+
+
+def plot_prior_predictive(check, x: str | None = None, num_curves: int = 50, band=(0.005, 0.995), ax=None):
+    """Prior curves against the data, from a `bayescale.prior_predictive.PriorPredictive`: `num_curves` prior
+    draws of the law's mean at the runs (sorted along input `x`, default the law's first input), the band of
+    new runs (default the verdict's 99%), and the observed runs. gids: "prior:curve", "prior:band",
+    "observed"."""
+    ax = _axes(ax)
+    x = x or check.law.inputs[0]
+    order = np.argsort(check.runs.x[x])
+    xs = np.asarray(check.runs.x[x])[order]
+    for curve in check.mean[:num_curves, order]:
+        ax.plot(xs, curve, color="tab:blue", alpha=0.15, lw=0.8, gid="prior:curve")
+    finite = np.where(np.isfinite(check.new_run), check.new_run, np.nan)[:, order]
+    lo, hi = np.nanquantile(finite, band[0], axis=0), np.nanquantile(finite, band[1], axis=0)
+    ax.fill_between(xs, lo, hi, color="tab:blue", alpha=0.15, gid="prior:band",
+                    label=f"{100 * (band[1] - band[0]):g}% prior predictive")
+    ax.scatter(xs, np.asarray(check.runs.y)[order], color="black", s=12, zorder=3, gid="observed", label="runs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(check.runs.output)
+    ax.set_title(f"prior predictive: {check.law.name}")
+    ax.legend()
+    return ax
