@@ -22,6 +22,7 @@ from bayescale.optimal import Allocation, optimal_allocation  # noqa: E402
 from bayescale.persistence import load, save  # noqa: E402
 from bayescale.posterior import draws, summary  # noqa: E402
 from bayescale.predictive import Prediction, predict  # noqa: E402
+from bayescale.prior_predictive import PriorPredictive, prior_predictive  # noqa: E402
 from bayescale.runs import DataError, Runs, read_table, runs_from_table  # noqa: E402
 from bayescale.evidence import Evidence, log_evidence  # noqa: E402
 from bayescale.compare import compare, format_notes  # noqa: E402
@@ -34,5 +35,6 @@ __all__ = [
     "Likelihood", "Param", "Prediction", "Runs", "SamplerSettings", "Thresholds", "check_convergence", "draws",
     "fit", "get_law", "laws", "load", "load_example", "optimal_allocation", "predict", "read_table",
     "register_law", "runs_from_table", "save", "summary",
+    "prior_predictive", "PriorPredictive",
     "Evidence", "average_predict", "compare", "format_notes", "log_evidence",
 ]
