@@ -48,7 +48,7 @@ def nuts_recovery(table, law, truth, settings=FAST, level=0.95, columns=None, y=
     return fit, table_
 
 
-def map_recovery(table, law, truth, rtol, columns=None, y="loss", seed=0, num_starts=16):
+def map_recovery(table, law, truth, rtol, columns=None, y="loss", seed=0, num_starts=8):
     """MAP of the full posterior (priors included) within `rtol` of the truth, parameter by parameter."""
     law = bs.get_law(law)
     runs = runs_from_table(table, law, columns=columns, y=y)
@@ -149,3 +149,111 @@ def test_overtrain_map_recovers_simulated_parameters():
 @pytest.mark.slow
 def test_overtrain_nuts_recovers_simulated_parameters():
     nuts_recovery(overtrain_table(), "overtrain", OVERTRAIN_TRUTH, settings=FULL)
+
+
+# ---- 3. data-constrained (Muennighoff et al. 2023), from the published constants ----
+
+MUENNIGHOFF = {"E": 1.87, "A": 521.0, "alpha": 0.353, "B": 1488.0, "beta": 0.353, "R_D": 15.4, "R_N": 5.3}
+
+
+def muennighoff_loss(p, N, D, U):
+    """The paper's eq. 5-7 written out in numpy, with U_N = min(N_opt(U_D), N) from its appendix."""
+    U_D = np.minimum(U, D)
+    G = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
+    U_N = np.minimum(G * (U_D * G) ** (p["beta"] / p["alpha"]), N)
+    R_D, R_N = D / U_D - 1, N / U_N - 1
+    D_eff = U_D + U_D * p["R_D"] * (1 - np.exp(-R_D / p["R_D"]))
+    N_eff = U_N + U_N * p["R_N"] * (1 - np.exp(-R_N / p["R_N"]))
+    return p["E"] + p["A"] / N_eff ** p["alpha"] + p["B"] / D_eff ** p["beta"]
+
+
+def data_constrained_table(seed=0, sigma=0.005):
+    """Sizes 1e7-3e9, unique data 1e8-1e10 tokens, 1 to 100 epochs: both decays and the no-repeat regime."""
+    rng = np.random.default_rng(seed)
+    N, U, epochs = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 3e9, 5), np.geomspace(1e8, 1e10, 4), [0.5, 1, 4, 16, 100]))
+    D = U * epochs
+    loss = muennighoff_loss(MUENNIGHOFF, N, D, U)
+    return pd.DataFrame({"N": N, "D": D, "U": U, "loss": noisy(loss, sigma, rng)})
+
+
+def test_data_constrained_matches_the_paper_and_reduces_to_chinchilla():
+    law = bs.get_law("data_constrained")
+    table = data_constrained_table(sigma=0.0)
+    runs = runs_from_table(table, law)
+    np.testing.assert_allclose(np.asarray(law.mean(MUENNIGHOFF, runs.x)), table.loss, rtol=1e-10)
+    # With every token unique and N below U_N there is nothing to decay: Chinchilla exactly.
+    N, D = np.array([1e7, 1e8]), np.array([1e10, 1e11])
+    x = {"N": N, "D": D, "U": D * 10}
+    chinchilla = MUENNIGHOFF["E"] + 521.0 / N**0.353 + 1488.0 / D**0.353
+    np.testing.assert_allclose(np.asarray(law.mean(MUENNIGHOFF, x)), chinchilla, rtol=1e-12)
+
+
+def test_data_constrained_map_recovers_published_constants():
+    map_recovery(data_constrained_table(), "data_constrained", MUENNIGHOFF,
+                 rtol={"E": 0.03, "A": 0.6, "alpha": 0.1, "B": 0.6, "beta": 0.1, "R_D": 0.4, "R_N": 0.4})
+
+
+@pytest.mark.slow
+def test_data_constrained_nuts_recovers_published_constants():
+    nuts_recovery(data_constrained_table(), "data_constrained", MUENNIGHOFF, settings=FULL)
+
+
+# ---- 4. broken power law (Caballero et al. 2023) ----
+
+BPL_TRUTH = {"a": 0.5, "b": 10.0, "c0": 0.1, "c1": 0.5, "d1": 1e4, "f1": 0.3}
+
+
+def bpl_table(seed=0, sigma=0.005):
+    rng = np.random.default_rng(seed)
+    x = np.geomspace(10.0, 1e8, 30)
+    t = BPL_TRUTH
+    y = t["a"] + t["b"] * x ** -t["c0"] * (1 + (x / t["d1"]) ** (1 / t["f1"])) ** (-t["c1"] * t["f1"])
+    return pd.DataFrame({"x": x, "loss": noisy(y, sigma, rng)})
+
+
+def test_broken_power_law_form_and_u_shape():
+    law2 = bs.get_law("broken_power_law_2")
+    x = {"x": np.geomspace(1.0, 1e8, 50)}
+    # Second break with c2 < 0 turns the curve up: a U-shape, which the Normal prior on c_i allows.
+    p = {**BPL_TRUTH, "c2": -1.0, "g2": np.log(100.0), "f2": 0.3}
+    y = np.asarray(law2.mean(p, x))
+    t = np.argmin(y)
+    assert 0 < t < len(y) - 1 and y[-1] > y[t] * 1.05
+    d2 = BPL_TRUTH["d1"] * 100
+    reference = (p["a"] + p["b"] * x["x"] ** -p["c0"] * (1 + (x["x"] / p["d1"]) ** (1 / p["f1"])) ** (-p["c1"] * p["f1"])
+                 * (1 + (x["x"] / d2) ** (1 / p["f2"])) ** (-p["c2"] * p["f2"]))
+    np.testing.assert_allclose(y, reference, rtol=1e-10)
+    with pytest.raises(ValueError):
+        from bayescale.models.broken_power_law import broken_power_law
+        broken_power_law(0)
+
+
+def test_broken_power_law_map_recovers_simulated_parameters():
+    map_recovery(bpl_table(), "broken_power_law", BPL_TRUTH,
+                 rtol={"a": 0.1, "b": 0.5, "c0": 0.5, "c1": 0.2, "d1": 1.0, "f1": 0.5})
+
+
+@pytest.mark.slow
+def test_broken_power_law_nuts_recovers_simulated_parameters():
+    nuts_recovery(bpl_table(), "broken_power_law", BPL_TRUTH, settings=FULL)
+
+
+# ---- 10. rectified fine-tuning law (Lin et al. 2024) ----
+
+FINETUNE_TRUTH = {"B": 50.0, "D_l": 30.0, "beta": 0.5, "E": 1.0}
+
+
+def finetune_table(seed=0, sigma=0.005):
+    rng = np.random.default_rng(seed)
+    D = np.geomspace(10.0, 1e6, 20)
+    t = FINETUNE_TRUTH
+    return pd.DataFrame({"D": D, "loss": noisy(t["B"] / (t["D_l"] + D ** t["beta"]) + t["E"], sigma, rng)})
+
+
+def test_finetune_map_recovers_simulated_parameters():
+    map_recovery(finetune_table(), "finetune", FINETUNE_TRUTH, rtol={"B": 0.3, "D_l": 0.5, "beta": 0.1, "E": 0.05})
+
+
+@pytest.mark.slow
+def test_finetune_nuts_recovers_simulated_parameters():
+    nuts_recovery(finetune_table(), "finetune", FINETUNE_TRUTH, settings=FULL)
