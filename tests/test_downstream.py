@@ -85,6 +85,34 @@ def test_prediction_at_new_run_covers_truth(simulated, binomial_fit):
     np.testing.assert_allclose(prediction.average, np.mean([prediction.metric[t] for t in tasks], axis=0))
 
 
+def test_metric_likelihoods_agree_where_they_should():
+    from bayescale.metric_likelihood import MetricLikelihood
+
+    acc = np.array([[0.0, 0.3, 1.0, np.nan]])
+    items = np.array([200])
+    counts = MetricLikelihood("binomial").observations(acc, items)
+    np.testing.assert_array_equal(counts[0, :3], [0, 60, 200])
+    fractions = MetricLikelihood("beta").observations(acc, items)
+    assert 0 < fractions[0, 0] < 0.01 and 0.99 < fractions[0, 2] < 1       # moved in by half an item
+    p = np.full((1, 4), 0.32)
+    binomial = MetricLikelihood("binomial").distribution(p, items[:, None]).log_prob(counts)
+    # Beta-Binomial tends to the Binomial as the concentration grows; with a small one it is wider
+    near = MetricLikelihood("beta_binomial").distribution(p, items[:, None], 1e9).log_prob(counts)
+    np.testing.assert_allclose(near[0, :3], binomial[0, :3], rtol=1e-5)
+    wide = MetricLikelihood("beta_binomial").distribution(p, items[:, None], 20.0).log_prob(counts)
+    assert wide[0, 0] > binomial[0, 0] and wide[0, 1] < binomial[0, 1]
+    # the Beta density of a fraction and the Binomial mass of a count peak at the same p
+    grid = np.linspace(0.05, 0.95, 181)
+    best_binomial = grid[np.argmax([MetricLikelihood("binomial").distribution(g, 200).log_prob(60.0) for g in grid])]
+    best_beta = grid[np.argmax([MetricLikelihood("beta").distribution(g, None, 200.0).log_prob(0.3) for g in grid])]
+    assert abs(best_binomial - 0.3) < 0.01 and abs(best_beta - 0.3) < 0.02
+    with pytest.raises(ValueError, match="needs the number of items"):
+        MetricLikelihood("beta_binomial").resolve(has_items=False)
+    assert MetricLikelihood("auto").resolve(has_items=True).family == "beta_binomial"
+    assert MetricLikelihood("auto").resolve(has_items=False).family == "beta"
+
+
+@pytest.mark.slow
 def test_beta_without_items_is_wider_than_binomial(simulated, binomial_fit):
     table, tasks, _ = simulated
     with warnings.catch_warnings():
@@ -168,3 +196,19 @@ def test_link_laws_listed():
     for name, output in (("link_exponential", "error"), ("link_sigmoid", "accuracy"),
                          ("link_loss_to_loss", "loss"), ("link_pass_at_k", "pass_rate")):
         assert catalogue[name].output == output and "L" in catalogue[name].inputs
+
+
+def test_cli_predict_downstream_json_and_bad_task(tmp_path, capsys, simulated, binomial_fit):
+    import json
+
+    from bayescale.cli import main
+
+    path = binomial_fit.save(tmp_path / "chain.nc")
+    assert main(["predict-downstream", str(path), "--at", "N=1e9,D=2e10", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["output"] == "error" and {r["quantity"] for r in out["rows"]} == {"loss", "average", *binomial_fit.tasks}
+    table, tasks, _ = simulated
+    csv = tmp_path / "runs.csv"
+    table.to_csv(csv, index=False)
+    code = main(["fit-downstream", str(csv), "--task", "acc_t0,acc_missing", "--out", str(tmp_path / "x.nc")])
+    assert code == 2 and "acc_missing" in capsys.readouterr().err
