@@ -222,6 +222,17 @@ def _pad_batch(tree, total: int):
     return jax.tree.map(pad, tree)
 
 
+def _shard_inputs(inputs, count: int, shard: bool):
+    """Pad the data-set axis to a multiple of the local device count and shard it over the devices (a batch
+    of 3 on 4 devices runs as 4, so small batches of any size share one compiled program)."""
+    sharding = data_sharding(count) if shard else None
+    if sharding is None:
+        return inputs, count
+    devices = sharding.mesh.size
+    total = -(-count // devices) * devices
+    return jax.device_put(_pad_batch(inputs, total), sharding), count
+
+
 # ---- vectorised diagnostics ----
 
 
@@ -277,6 +288,7 @@ class BatchFit:
     seeds: np.ndarray
     priors: dict[str, Any] = field(default_factory=dict)
     num_prior_draws: int = 500
+    shard: bool = True
     _predictive: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -295,8 +307,9 @@ class BatchFit:
             args, kwargs = self.stacked.model_inputs()
             flat = {k: v.reshape(v.shape[0], -1, *v.shape[3:]) for k, v in self.samples.items()}
             keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(self.seeds))
-            out = _predictive_many(model, keys, flat, args, kwargs, self.num_prior_draws)
-            self._predictive = jax.tree.map(np.asarray, out)
+            inputs, count = _shard_inputs((keys, flat, args, kwargs), len(self), self.shard)
+            out = _predictive_many(model, *inputs, self.num_prior_draws)
+            self._predictive = jax.tree.map(lambda a: np.asarray(a)[:count], out)
         return self._predictive
 
     def fit(self, i: int):
@@ -367,12 +380,7 @@ def fit_batch(
     program = _program(model, *jax.tree.map(lambda a: a[0], (args, kwargs)))
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
 
-    inputs = (keys, args, kwargs)
-    sharding = data_sharding(count) if shard else None
-    if sharding is not None:
-        devices = sharding.mesh.size
-        total = -(-count // devices) * devices
-        inputs = jax.device_put(_pad_batch(inputs, total), sharding)
+    inputs, _ = _shard_inputs((keys, args, kwargs), count, shard)
     out = _fit_many(program, settings, map_starts, map_iter, *inputs)
     out = jax.tree.map(lambda a: np.asarray(a)[:count], out)
 
@@ -392,4 +400,5 @@ def fit_batch(
         seeds=seeds,
         priors=priors,
         num_prior_draws=num_prior_draws,
+        shard=shard,
     )

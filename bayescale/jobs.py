@@ -1,0 +1,431 @@
+"""Batch jobs: a job file (TOML or YAML) -> many (data set, law) fits, resumable, one summary table.
+
+A job names the data (several files, one data set each, or one table split by a grouping column), the laws,
+the columns, the sampler settings and an output directory (see README, "Batch jobs"). `run_job` plans
+shards (data sets of one law, `shard_size` at a time), fits each shard with `bayescale.batch.fit_batch`
+(one vmapped program), and writes for every fit:
+
+- `fits/<law>/<data set>.nc`: the engine's fit file (`bayescale.save`, atomic), so `bayescale summary`,
+  `predict`, `load` work on it;
+- a line in `manifest.jsonl` (appended and fsynced after the fit file is in place) with its summary row.
+
+Resuming: a restarted job reads the manifest and skips every (data set, law) already in it; a fit whose
+file was written but whose manifest line was not is simply redone (same seed, same result) and its file
+replaced, so each fit ends up present exactly once. A torn last line (killed mid-write) is ignored.
+Failures: a data set that fails validation, or whose batch fails, is retried alone; if it still fails its
+row records status "error" and the message, and the others go on. At the end `summary.parquet` (one row
+per data set and law: parameter quantiles and MAP, diagnostics flags, predictions at requested points,
+evidence when asked) is written atomically from the manifest.
+
+Backends: "local" (in process, the default) or "ray" (`bayescale.ray_backend`: shards on Ray workers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bayescale.inference import SamplerSettings
+from bayescale.runs import DataError, read_table, runs_from_table
+
+MANIFEST = "manifest.jsonl"
+SUMMARY = "summary.parquet"
+
+
+class JobError(ValueError):
+    """The job file is not usable; the message names the key at fault."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A parsed job. `datasets`: name -> table (DataFrame), in job order."""
+
+    datasets: dict[str, pd.DataFrame]
+    laws: tuple[str, ...]
+    output: Path
+    columns: dict[str, str] = field(default_factory=dict)
+    y: str = "loss"
+    se: str | None = None
+    likelihood: str = "normal"
+    settings: SamplerSettings = SamplerSettings(num_warmup=500, num_samples=500)
+    seed: int = 0
+    shard_size: int = 64
+    map_starts: int = 32
+    quantiles: tuple[float, ...] = (0.05, 0.5, 0.95)
+    predict_at: tuple[dict[str, float], ...] = ()
+    evidence: bool = False
+    allow_repeats: bool = False
+    pad_runs: int | None = None  # pad every data set to this many runs (default: the job's largest)
+    fail_after: int | None = None  # testing hook: raise after this many fits are recorded (simulated kill)
+
+    def units(self) -> list[tuple[str, str]]:
+        """Every (data set, law) pair of the job, in order."""
+        return [(name, law) for law in self.laws for name in self.datasets]
+
+    def width(self) -> int:
+        """Runs every data set is padded to: one width for the whole job, so every shard of a law runs
+        the same compiled program."""
+        return self.pad_runs or max(len(t) for t in self.datasets.values())
+
+    def seed_of(self, dataset: str) -> int:
+        """Data set i of the job gets seed + i, whatever the shard it lands in, so results do not depend on
+        sharding, backend or restarts."""
+        return self.seed + list(self.datasets).index(dataset)
+
+
+# ---- reading a job file ----
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        return tomllib.loads(text)
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        try:
+            import yaml
+        except ImportError as err:
+            raise JobError("YAML job files need PyYAML: pip install 'bayescale[jobs]'") from err
+        return yaml.safe_load(text) or {}
+    raise JobError(f"{path}: job files are TOML (.toml) or YAML (.yaml, .yml)")
+
+
+_KNOWN = {"pad_runs", "data", "laws", "output", "sampler", "seed", "likelihood", "shard_size", "map_starts", "quantiles",
+          "predict_at", "evidence"}
+_DATA_KNOWN = {"files", "table", "group_by", "columns", "y", "se", "allow_repeats"}
+
+
+def load_job(path: str | Path, **overrides) -> Job:
+    """Parse and validate a job file; paths in it are relative to the file's directory."""
+    path = Path(path)
+    if not path.exists():
+        raise JobError(f"no job file at {path}")
+    spec = _read_mapping(path)
+    return job_from_mapping(spec, base=path.parent, **overrides)
+
+
+def job_from_mapping(spec: Mapping[str, Any], base: Path = Path("."), **overrides) -> Job:
+    unknown = sorted(set(spec) - _KNOWN)
+    if unknown:
+        raise JobError(f"unknown job keys {unknown}; known: {sorted(_KNOWN)}")
+    for key in ("data", "laws", "output"):
+        if key not in spec:
+            raise JobError(f"the job needs a {key!r} entry")
+    data = spec["data"]
+    if not isinstance(data, Mapping):
+        raise JobError("'data' must be a table of settings (files = [...], or table = ... with group_by = ...)")
+    unknown = sorted(set(data) - _DATA_KNOWN)
+    if unknown:
+        raise JobError(f"unknown keys in 'data': {unknown}; known: {sorted(_DATA_KNOWN)}")
+    datasets = _datasets(data, base)
+    laws = spec["laws"]
+    laws = (laws,) if isinstance(laws, str) else tuple(laws)
+    from bayescale.law import laws as catalogue
+
+    known_laws = catalogue()
+    missing = [law for law in laws if law not in known_laws]
+    if missing:
+        raise JobError(f"unknown laws {missing} in 'laws'; available: {', '.join(known_laws)}")
+    sampler = dict(spec.get("sampler", {}))
+    valid = set(SamplerSettings.__dataclass_fields__)
+    if set(sampler) - valid:
+        raise JobError(f"unknown sampler settings {sorted(set(sampler) - valid)}; known: {sorted(valid)}")
+    settings = SamplerSettings(**{"num_warmup": 500, "num_samples": 500, **sampler})
+    predict_at = spec.get("predict_at", [])
+    if isinstance(predict_at, Mapping):
+        predict_at = [predict_at]
+    for i, point in enumerate(predict_at):
+        if not isinstance(point, Mapping) or not all(isinstance(v, int | float) for v in point.values()):
+            raise JobError(f"predict_at[{i}] must map inputs to numbers, e.g. {{N = 70e9, D = 1.4e12}}")
+    output = Path(spec["output"])
+    job = Job(
+        datasets=datasets,
+        laws=laws,
+        output=output if output.is_absolute() else base / output,
+        columns={str(k): str(v) for k, v in dict(data.get("columns", {})).items()},
+        y=data.get("y", "loss"),
+        se=data.get("se"),
+        likelihood=spec.get("likelihood", "normal"),
+        settings=settings,
+        seed=int(spec.get("seed", 0)),
+        shard_size=int(spec.get("shard_size", 64)),
+        map_starts=int(spec.get("map_starts", 32)),
+        quantiles=tuple(float(q) for q in spec.get("quantiles", (0.05, 0.5, 0.95))),
+        predict_at=tuple(dict(p) for p in predict_at),
+        evidence=bool(spec.get("evidence", False)),
+        allow_repeats=bool(data.get("allow_repeats", False)),
+        pad_runs=int(spec["pad_runs"]) if "pad_runs" in spec else None,
+    )
+    if job.shard_size < 1:
+        raise JobError("shard_size must be at least 1")
+    return replace(job, **overrides)
+
+
+def _datasets(data: Mapping[str, Any], base: Path) -> dict[str, pd.DataFrame]:
+    resolve = lambda p: Path(p) if Path(p).is_absolute() else base / p  # noqa: E731
+    if ("files" in data) == ("table" in data):
+        raise JobError("'data' needs either files = [...] (one data set per file) or table = ... with group_by")
+    if "files" in data:
+        files = data["files"]
+        files = [files] if isinstance(files, str) else list(files)
+        out = {}
+        for f in files:
+            name = Path(f).stem
+            if name in out:
+                raise JobError(f"two data files are named {name!r}; data sets are named by file stem")
+            try:
+                out[name] = read_table(resolve(f))
+            except DataError as err:
+                raise JobError(f"data file {f}: {err}") from None
+        return out
+    if "group_by" not in data:
+        raise JobError("'data.table' needs 'group_by', the column naming each row's data set")
+    try:
+        table = read_table(resolve(data["table"]))
+    except DataError as err:
+        raise JobError(f"data table {data['table']}: {err}") from None
+    column = data["group_by"]
+    if column not in table.columns:
+        raise JobError(f"group_by column {column!r} is not in {data['table']}; columns: {list(table.columns)}")
+    if table[column].isna().any():
+        rows = table.index[table[column].isna()].tolist()[:8]
+        raise JobError(f"group_by column {column!r} is empty at rows {rows}")
+    return {str(name): group.drop(columns=[column]) for name, group in table.groupby(column, sort=False)}
+
+
+# ---- the manifest: which fits are finished ----
+
+
+def unit_key(dataset: str, law: str) -> str:
+    return f"{law}/{dataset}"
+
+
+def read_manifest(output: Path) -> dict[str, dict[str, Any]]:
+    """Finished fits by key; a torn last line (a kill mid-write) is ignored, later lines win."""
+    path = Path(output) / MANIFEST
+    rows: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[unit_key(row["dataset"], row["law"])] = row
+    return rows
+
+
+def append_manifest(output: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    path = Path(output) / MANIFEST
+    with open(path, "a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=_json_default) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def fit_path(output: Path, dataset: str, law: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in dataset)
+    return Path(output) / "fits" / law / f"{safe}.nc"
+
+
+# ---- one shard: data sets of one law, fitted together ----
+
+
+def summary_row(fit, job: Job, dataset: str, law: str, path: Path) -> dict[str, Any]:
+    """The summary-table row of a finished fit."""
+    from bayescale.posterior import summary
+
+    row: dict[str, Any] = {"dataset": dataset, "law": law, "status": "ok", "error": "",
+                           "num_runs": len(fit.runs), "seed": fit.seed, "file": str(path)}
+    diag = fit.diagnostics
+    row.update(converged=diag.converged, divergences=diag.divergences,
+               max_rhat=float(diag.table["rhat"].max()), min_ess_bulk=float(diag.table["ess_bulk"].min()),
+               min_ess_tail=float(diag.table["ess_tail"].min()), problems="; ".join(diag.problems))
+    table = summary(fit, quantiles=job.quantiles)
+    for name, stats in table.iterrows():
+        for col in ("mean", "sd", *(f"q{100 * q:g}" for q in job.quantiles), "map"):
+            row[f"{name}_{col}"] = float(stats[col])
+    for j, point in enumerate(job.predict_at):
+        from bayescale.predictive import predict
+
+        quantiles = predict(fit, point, seed=fit.seed).quantiles(job.quantiles)
+        for col in quantiles.columns:
+            if col not in point:
+                row[f"predict{j}_{col}"] = float(quantiles[col].iloc[0])
+    if job.evidence:
+        row.update(_evidence(fit))
+    return row
+
+
+def _evidence(fit) -> dict[str, Any]:
+    try:
+        from bayescale.evidence import log_evidence
+    except ImportError:  # the evidence module is optional here: a job asking for it says so in its rows
+        return {"log_evidence": np.nan, "log_evidence_error": np.nan, "evidence_note": "bayescale.evidence missing"}
+    result = log_evidence(fit, seed=fit.seed)
+    return {"log_evidence": float(result.log_z), "log_evidence_error": float(result.error)}
+
+
+def error_row(dataset: str, law: str, err: BaseException) -> dict[str, Any]:
+    message = f"{type(err).__name__}: {err}"
+    return {"dataset": dataset, "law": law, "status": "error", "error": message, "converged": False}
+
+
+def run_shard(job: Job, law: str, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Fit data sets `names` with `law` in one batch, save each fit, return their summary rows. Data sets
+    that fail validation get an error row; if the batch itself fails, each data set is retried alone."""
+    import warnings
+
+    from bayescale.batch import fit_batch
+    from bayescale.law import get_law
+
+    law_obj = get_law(law)
+    rows: dict[str, dict[str, Any]] = {}
+    runs = {}
+    for name in names:
+        try:
+            runs[name] = runs_from_table(job.datasets[name], law_obj, columns=job.columns, y=job.y, se=job.se,
+                                         allow_repeats=job.allow_repeats)
+        except Exception as err:  # noqa: BLE001  a bad data set is reported, never fatal to the others
+            rows[name] = error_row(name, law, err)
+
+    def fit_group(group: list[str]) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence is reported per row, not as thousands of warnings
+            batch = fit_batch([runs[n] for n in group], law_obj, likelihood=job.likelihood,
+                              settings=job.settings, seeds=[job.seed_of(n) for n in group],
+                              map_starts=job.map_starts, num_runs=job.width())
+        for i, name in enumerate(group):
+            try:
+                fit = batch.fit(i)
+                path = fit_path(job.output, name, law)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fit.save(path)
+                rows[name] = summary_row(fit, job, name, law, path)
+            except Exception as err:  # noqa: BLE001
+                rows[name] = error_row(name, law, err)
+
+    valid = [n for n in names if n in runs]
+    if valid:
+        try:
+            fit_group(valid)
+        except Exception:  # noqa: BLE001  isolate the data set that broke the batch
+            for name in valid:
+                try:
+                    fit_group([name])
+                except Exception as err:  # noqa: BLE001
+                    rows[name] = error_row(name, law, err)
+    return [rows[n] for n in names]
+
+
+# ---- the job ----
+
+
+def plan(job: Job, done: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """Shards still to run: (law, data set names), `shard_size` at a time, finished fits left out."""
+    shards = []
+    for law in job.laws:
+        todo = [name for name in job.datasets if unit_key(name, law) not in done]
+        shards += [(law, todo[i:i + job.shard_size]) for i in range(0, len(todo), job.shard_size)]
+    return shards
+
+
+@dataclass(frozen=True)
+class JobResult:
+    summary: pd.DataFrame
+    output: Path
+    fitted_now: int
+    skipped: int
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        return self.summary[self.summary["status"] != "ok"]
+
+
+class SimulatedKill(RuntimeError):
+    """Raised by the `fail_after` testing hook to stand for a killed job."""
+
+
+def run_job(job: Job | str | Path, *, backend: str = "local", progress: bool = True,
+            runner: Callable | None = None, **backend_options) -> JobResult:
+    """Run (or resume) a job; returns the summary table (also written to OUTPUT/summary.parquet)."""
+    if not isinstance(job, Job):
+        job = load_job(job)
+    job.output.mkdir(parents=True, exist_ok=True)
+    done = read_manifest(job.output)
+    skipped = sum(unit_key(*u) in done for u in job.units())
+    shards = plan(job, done)
+    total = sum(len(names) for _, names in shards)
+
+    if runner is None:
+        if backend == "local":
+            runner = local_runner
+        elif backend == "ray":
+            from bayescale.ray_backend import ray_runner as runner
+        else:
+            raise JobError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+
+    bar = _progress(total, progress)
+    recorded = 0
+    try:
+        for rows in runner(job, shards, **backend_options):
+            append_manifest(job.output, rows)
+            recorded += len(rows)
+            bar.update(len(rows))
+            if job.fail_after is not None and recorded >= job.fail_after:
+                raise SimulatedKill(f"simulated kill after {recorded} fits")
+    finally:
+        bar.close()
+    summary = write_summary(job)
+    return JobResult(summary=summary, output=job.output, fitted_now=recorded, skipped=skipped)
+
+
+def local_runner(job: Job, shards: Sequence[tuple[str, list[str]]]):
+    """Shards one after another in this process; yields each shard's rows as it finishes."""
+    for law, names in shards:
+        yield run_shard(job, law, names)
+
+
+def write_summary(job: Job) -> pd.DataFrame:
+    """The summary table of every fit of the job that is in the manifest, in job order (atomic write)."""
+    done = read_manifest(job.output)
+    rows = [done[unit_key(*u)] for u in job.units() if unit_key(*u) in done]
+    summary = pd.DataFrame(rows)
+    tmp = job.output / (SUMMARY + ".tmp")
+    summary.to_parquet(tmp, index=False)
+    tmp.replace(job.output / SUMMARY)
+    return summary
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    # tqdm shows count, rate (fits/s) and time left; a restarted job counts only what is left.
+    return tqdm(total=total, unit="fit", desc="bayescale batch", smoothing=0.1)
+

@@ -1,0 +1,224 @@
+"""Batch inference (bayescale.batch) and batch jobs (bayescale.jobs): agreement with single fits, padding,
+vectorised diagnostics, resuming a killed job, a bad data set, and the Ray backend (slow)."""
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import BESIROGLU, simulate_chinchilla
+
+import bayescale as bs
+from bayescale.batch import batch_diagnostics, fit_batch, stack_runs
+from bayescale.fit import model_inputs
+from bayescale.jobs import MANIFEST, SimulatedKill, job_from_mapping, read_manifest, run_job
+from bayescale.model import law_model
+
+SETTINGS = bs.SamplerSettings(num_warmup=300, num_samples=300, num_chains=4)
+WIDTH = 50  # every batch here pads to 50 runs, so the tests share one compiled program
+LAW = bs.get_law("chinchilla")
+
+
+def _runs(num_runs, seed):
+    return bs.runs_from_table(simulate_chinchilla(num_runs=num_runs, seed=seed), LAW)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    # Data set 1 has 35 runs padded to 50; data set 2 has different true parameters.
+    shifted = {**BESIROGLU, "alpha": 0.30, "E": 1.7}
+    third = bs.runs_from_table(simulate_chinchilla(params=shifted, num_runs=WIDTH, seed=7), LAW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        return fit_batch([_runs(WIDTH, 1), _runs(35, 2), third], LAW, settings=SETTINGS, seeds=[10, 11, 12],
+                         num_runs=WIDTH)
+
+
+@pytest.fixture(scope="module")
+def single(batch):
+    """fit() of the padded data set, unpadded, with the same seed as its batch member."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        return bs.fit(batch.runs[1], LAW, settings=SETTINGS, seed=11)
+
+
+def test_padding_leaves_the_log_density_unchanged(batch):
+    """Exact check: the padded, masked model has the unpadded model's log density at the same parameters."""
+    from numpyro.infer.util import log_density
+
+    model = law_model(LAW, bs.Likelihood())
+    runs = batch.runs[1]
+    assert batch.stacked.sizes[1] == 35 and batch.stacked.mask[1].sum() == 35
+    args, kwargs = model_inputs(runs)
+    stacked = stack_runs([runs], num_runs=WIDTH)
+    (x, stats), padded_kwargs = stacked.model_inputs()
+    padded_args = ({k: v[0] for k, v in x.items()}, {k: v[0] for k, v in stats.items()})
+    padded_kwargs = {k: None if v is None else v[0] for k, v in padded_kwargs.items()}
+    params = {"E": 1.7, "_log_A_at_ref": -0.2, "alpha": 0.31, "_log_B_at_ref": -0.6, "beta": 0.35, "sigma": 0.02}
+    plain, _ = log_density(model, args, kwargs, params)
+    padded, _ = log_density(model, padded_args, padded_kwargs, params)
+    assert np.isclose(float(plain), float(padded), rtol=1e-12, atol=1e-9)
+    # Without the mask the padding would count: the check can fail.
+    unmasked, _ = log_density(model, padded_args, {**padded_kwargs, "mask": None}, params)
+    assert not np.isclose(float(plain), float(unmasked))
+
+
+def test_batch_posterior_equals_single_fit_to_monte_carlo_error(batch, single):
+    """The padded batch member and fit() of the same runs and seed: the same MAP (same starts, same
+    objective) and posterior means within 4 Monte Carlo standard errors (sd / sqrt(ESS) of each, combined)."""
+    for name, value in single.map.items():
+        assert np.isclose(batch.map[name][1], value, rtol=1e-4), name
+    one = batch.fit(1)
+    for name in LAW.param_names + ("sigma",):
+        a, b = bs.draws(one)[name], bs.draws(single)[name]
+        ess_a, ess_b = one.diagnostics.table.loc[name, "ess_bulk"], single.diagnostics.table.loc[name, "ess_bulk"]
+        mcse = np.hypot(a.std() / np.sqrt(ess_a), b.std() / np.sqrt(ess_b))
+        assert abs(a.mean() - b.mean()) < 4 * mcse, (name, a.mean(), b.mean(), mcse)
+        assert np.isclose(a.std(), b.std(), rtol=0.25), name
+
+
+def test_batch_members_are_their_own_posteriors(batch):
+    """Each data set recovers its own truth (data set 2 was simulated with alpha = 0.30, E = 1.7)."""
+    assert batch.converged.all(), [d.problems for d in batch.diagnostics]
+    for i, truth in enumerate([BESIROGLU, BESIROGLU, {**BESIROGLU, "alpha": 0.30, "E": 1.7}]):
+        for name in ("E", "alpha", "beta"):
+            lo, hi = np.quantile(batch.samples[name][i], [0.005, 0.995])
+            assert lo < truth[name] < hi, (i, name, lo, truth[name], hi)
+    assert abs(np.median(batch.samples["E"][2]) - np.median(batch.samples["E"][0])) > 0.05
+
+
+def test_vectorised_diagnostics_match_check_convergence(batch):
+    for i in range(len(batch)):
+        fit = batch.fit(i)
+        names = [n for n in fit.data.posterior.data_vars if not str(n).startswith("_")]
+        reference = bs.check_convergence(fit.data, params=names)
+        ours = batch.diagnostics[i]
+        pd.testing.assert_frame_equal(ours.table.sort_index(), reference.table.sort_index(), rtol=1e-10)
+        assert ours.divergences == reference.divergences
+        np.testing.assert_allclose(ours.bfmi, reference.bfmi, rtol=1e-10)
+        assert ours.problems == reference.problems
+    # And they can fail: a fake batch whose chains sit apart is flagged.
+    samples = {"E": np.stack([np.random.default_rng(0).normal(size=(4, 100)) + np.arange(4)[:, None]])}
+    stats = {"diverging": np.zeros((1, 4, 100), bool), "energy": np.random.default_rng(1).normal(size=(1, 4, 100))}
+    assert not batch_diagnostics(samples, stats)[0].converged
+
+
+def test_batch_fit_saves_and_loads(batch, tmp_path):
+    fit = batch.fit(1)
+    assert len(fit.runs) == 35 and fit.data.posterior_predictive["y"].shape[-1] == 35
+    loaded = bs.load(fit.save(tmp_path / "one.nc"))
+    np.testing.assert_allclose(bs.draws(loaded)["alpha"], bs.draws(fit)["alpha"])
+    assert loaded.converged == fit.converged
+    assert np.isfinite(loaded.predict({"N": 70e9, "D": 1.4e12}).quantiles()["q50"]).all()
+
+
+# ---- jobs ----
+
+
+def _job_table():
+    """Four data sets in one table with a grouping column; "broken" has a negative loss."""
+    parts = []
+    for i, n in enumerate([WIDTH, 40, 45]):
+        t = simulate_chinchilla(num_runs=n, seed=20 + i)
+        t.insert(0, "set", f"s{i}")
+        parts.append(t)
+    bad = simulate_chinchilla(num_runs=30, seed=30)
+    bad.loc[3, "loss"] = -1.0
+    bad.insert(0, "set", "broken")
+    parts.insert(1, bad)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _job(tmp_path, **extra):
+    table = tmp_path / "runs.csv"
+    _job_table().to_csv(table, index=False)
+    spec = {
+        "data": {"table": str(table), "group_by": "set", "columns": {"N": "N", "D": "D"}, "y": "loss"},
+        "laws": ["chinchilla"],
+        "output": str(tmp_path / "out"),
+        "sampler": {"num_warmup": SETTINGS.num_warmup, "num_samples": SETTINGS.num_samples, "num_chains": 4},
+        "shard_size": 2,
+        "pad_runs": WIDTH,
+        "predict_at": [{"N": 70e9, "D": 1.4e12}],
+        **extra,
+    }
+    return job_from_mapping(spec)
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("job")
+    job = _job(tmp)
+    with pytest.raises(SimulatedKill):
+        run_job(job.__class__(**{**job.__dict__, "fail_after": 2}), progress=False)
+    after_kill = read_manifest(job.output)
+    # A kill in the middle of a manifest write leaves a torn line; it must be ignored.
+    with open(job.output / MANIFEST, "a") as handle:
+        handle.write('{"dataset": "s1", "law": "chin')
+    result = run_job(job, progress=False)
+    return job, after_kill, result
+
+
+def test_killed_job_resumes_with_every_fit_exactly_once(killed_and_resumed):
+    job, after_kill, result = killed_and_resumed
+    assert len(after_kill) == 2  # the first shard (s0, broken) was recorded before the kill
+    assert result.skipped == 2 and result.fitted_now == 2
+    lines = [json.loads(line) for line in (job.output / MANIFEST).read_text().splitlines() if line.endswith("}")]
+    keys = [(row["dataset"], row["law"]) for row in lines]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 4
+    summary = pd.read_parquet(job.output / "summary.parquet")
+    assert list(summary["dataset"]) == ["s0", "broken", "s1", "s2"]
+    assert sorted(p.stem for p in (job.output / "fits" / "chinchilla").glob("*.nc")) == ["s0", "s1", "s2"]
+
+
+def test_bad_data_set_is_reported_and_others_finish(killed_and_resumed):
+    _, _, result = killed_and_resumed
+    summary = result.summary.set_index("dataset")
+    assert summary.loc["broken", "status"] == "error"
+    assert "loss" in summary.loc["broken", "error"] and "positive" in summary.loc["broken", "error"]
+    ok = summary.drop("broken")
+    assert (ok["status"] == "ok").all() and ok["converged"].all()
+    assert (ok["num_runs"].to_numpy() == [WIDTH, 40, 45]).all()
+    for name in ("E", "alpha", "beta"):
+        assert ((ok[f"{name}_q5"] < BESIROGLU[name]) & (BESIROGLU[name] < ok[f"{name}_q95"])).all(), name
+    assert ((ok["predict0_q5"] < ok["predict0_q50"]) & (ok["predict0_q50"] < ok["predict0_q95"])).all()
+
+
+def test_job_fit_files_load_and_match_summary(killed_and_resumed):
+    job, _, result = killed_and_resumed
+    row = result.summary.set_index("dataset").loc["s1"]
+    fit = bs.load(row["file"])
+    assert len(fit.runs) == 40 and fit.seed == job.seed_of("s1")
+    assert np.isclose(np.median(bs.draws(fit)["alpha"]), row["alpha_q50"])
+
+
+def test_job_file_errors_name_the_key(tmp_path):
+    from bayescale.jobs import JobError, load_job
+
+    path = tmp_path / "job.toml"
+    path.write_text('laws = ["chinchilla"]\noutput = "out"\n[data]\ntable = "runs.csv"\n')
+    with pytest.raises(JobError, match="group_by"):
+        load_job(path)
+    path.write_text('laws = ["nope"]\noutput = "out"\n[data]\nfiles = ["a.csv"]\n')
+    (tmp_path / "a.csv").write_text("N,D,loss\n1e8,1e9,3.0\n")
+    with pytest.raises(JobError, match="unknown laws"):
+        load_job(path)
+
+
+@pytest.mark.slow
+def test_ray_backend_gives_the_local_summary(killed_and_resumed, tmp_path):
+    ray = pytest.importorskip("ray")
+    job, _, local = killed_and_resumed
+    ray_job = job.__class__(**{**job.__dict__, "output": tmp_path / "ray_out"})
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        result = run_job(ray_job, backend="ray", progress=False)
+    finally:
+        ray.shutdown()
+    drop = ["file"]
+    pd.testing.assert_frame_equal(
+        result.summary.drop(columns=drop).reset_index(drop=True),
+        local.summary.drop(columns=drop).reset_index(drop=True),
+        rtol=1e-6,
+    )
