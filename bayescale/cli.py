@@ -177,6 +177,24 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from bayescale.jobs import run_job
+
+    result = run_job(args.job, backend=args.backend, progress=not args.no_progress)
+    summary = result.summary
+    counts = {"fits": len(summary), "fitted_now": result.fitted_now, "skipped": result.skipped,
+              "errors": int((summary["status"] != "ok").sum()),
+              "not_converged": int(((summary["status"] == "ok") & ~summary["converged"].astype(bool)).sum()),
+              "summary": str(result.output / "summary.parquet")}
+    if args.json:
+        _json(counts)
+    else:
+        print(", ".join(f"{k}: {v}" for k, v in counts.items()))
+        for _, row in result.errors.iterrows():
+            print(f"ERROR {row['law']}/{row['dataset']}: {row['error']}", file=sys.stderr)
+    return 0
+
+
 def cmd_laws(args) -> int:
     import bayescale as bs
 
@@ -362,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("laws", help="list the law families")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_laws)
+
+    p = sub.add_parser("batch", help="run (or resume) a batch job file (TOML or YAML): many data sets and laws")
+    p.add_argument("job", help="job file; see README, 'Batch jobs'")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_batch)
     return parser
 
 
