@@ -188,6 +188,7 @@ def test_data_constrained_matches_the_paper_and_reduces_to_chinchilla():
     np.testing.assert_allclose(np.asarray(law.mean(MUENNIGHOFF, x)), chinchilla, rtol=1e-12)
 
 
+@pytest.mark.slow  # ~80 s of compile and 8 L-BFGS starts on 2 loaded cores
 def test_data_constrained_map_recovers_published_constants():
     map_recovery(data_constrained_table(), "data_constrained", MUENNIGHOFF,
                  rtol={"E": 0.03, "A": 0.6, "alpha": 0.1, "B": 0.6, "beta": 0.1, "R_D": 0.4, "R_N": 0.4})
@@ -257,3 +258,94 @@ def test_finetune_map_recovers_simulated_parameters():
 @pytest.mark.slow
 def test_finetune_nuts_recovers_simulated_parameters():
     nuts_recovery(finetune_table(), "finetune", FINETUNE_TRUTH, settings=FULL)
+
+
+# ---- 5. Kaplan L(N, S) with the critical batch size, from the published constants ----
+
+KAPLAN_S = {"Nc": 6.4e13, "alpha_N": 0.076, "Sc": 2.1e3, "alpha_S": 0.76, "B_star": 2.1e8, "alpha_B": 0.21}
+
+
+def kaplan_steps_table(seed=0, sigma=0.005):
+    rng = np.random.default_rng(seed)
+    N, S, B = (a.ravel() for a in np.meshgrid(np.geomspace(1e6, 1e9, 4), np.geomspace(1e3, 3e5, 5), [2.5e5, 1e6, 4e6]))
+    law = bs.get_law("kaplan_steps")
+    loss = np.asarray(law.mean(KAPLAN_S, {"N": N, "S": S, "B": B}))
+    return pd.DataFrame({"N": N, "S": S, "B": B, "loss": noisy(loss, sigma, rng)})
+
+
+def test_kaplan_steps_mean_solves_the_implicit_equation():
+    table = kaplan_steps_table(sigma=0.0)
+    p, L = KAPLAN_S, table.loss.to_numpy()
+    b_crit = p["B_star"] / L ** (1 / p["alpha_B"])
+    s_min = table.S / (1 + b_crit / table.B)
+    rhs = (p["Nc"] / table.N) ** p["alpha_N"] + (p["Sc"] / s_min) ** p["alpha_S"]
+    np.testing.assert_allclose(L, rhs, rtol=1e-10)
+    assert 2.0 < L.min() and L.max() < 10.0  # Kaplan's regime: losses of a few nats
+
+
+@pytest.mark.slow  # the unrolled Newton solve inside L-BFGS compiles for minutes on 2 loaded cores
+def test_kaplan_steps_map_recovers_published_constants():
+    map_recovery(kaplan_steps_table(), "kaplan_steps", KAPLAN_S,
+                 rtol={"Nc": 3.0, "alpha_N": 0.3, "Sc": 0.5, "alpha_S": 0.2, "B_star": 1.0, "alpha_B": 0.3})
+
+
+# ---- 6. effective-capacity variants ----
+
+PRECISION_TRUTH = {"E": 1.8, "A": 480.0, "alpha": 0.35, "B": 2000.0, "beta": 0.37, "gamma": 2.6}
+
+
+def precision_table(seed=0, sigma=0.005):
+    rng = np.random.default_rng(seed)
+    N, P, M = (a.ravel() for a in np.meshgrid(np.geomspace(3e7, 1e9, 4), [3, 4, 6, 8, 16], [5, 20, 80]))
+    D = N * M
+    t = PRECISION_TRUTH
+    N_eff = N * (1 - np.exp(-P / t["gamma"]))
+    loss = t["E"] + t["A"] / N_eff ** t["alpha"] + t["B"] / D ** t["beta"]
+    return pd.DataFrame({"N": N, "D": D, "P": P, "loss": noisy(loss, sigma, rng)})
+
+
+def test_precision_map_recovers_simulated_parameters():
+    map_recovery(precision_table(), "precision", PRECISION_TRUTH,
+                 rtol={"E": 0.05, "A": 1.0, "alpha": 0.2, "B": 1.0, "beta": 0.2, "gamma": 0.2})
+
+
+PARSCALE_TRUTH = {"E": 1.7, "A": 1.5e8, "alpha": 0.2, "k": 0.4}
+
+
+def parscale_table(seed=0, sigma=0.003):
+    rng = np.random.default_rng(seed)
+    N, P = (a.ravel() for a in np.meshgrid(np.geomspace(5e8, 5e9, 5), [1, 2, 4, 8]))
+    t = PARSCALE_TRUTH
+    loss = (t["A"] / (N * (t["k"] * np.log(P) + 1))) ** t["alpha"] + t["E"]
+    return pd.DataFrame({"N": N, "P": P, "loss": noisy(loss, sigma, rng)})
+
+
+def test_parscale_map_recovers_simulated_parameters():
+    map_recovery(parscale_table(), "parscale", PARSCALE_TRUTH, rtol={"E": 0.1, "A": 2.0, "alpha": 0.3, "k": 0.3})
+
+
+def test_moe_and_vocabulary_forms():
+    moe = bs.get_law("moe")
+    p = {"a": -0.08, "b": -0.1, "c": 0.005, "d": 2.8, "E_start_minus_1": 0.85, "E_max": 300.0}
+    experts = np.array([1.0, 8.0, 64.0, 512.0, 1e5])
+    N = np.full(5, 1e8)
+    offset = 1 / (1 / 0.85 - 1 / 300.0)
+    e_sat = 1 / (1 / (experts - 1 + offset) + 1 / 300.0)
+    reference = np.exp(p["a"] * np.log(N) + p["b"] * np.log(e_sat) + p["c"] * np.log(N) * np.log(e_sat) + p["d"])
+    np.testing.assert_allclose(np.asarray(moe.mean(p, {"N": N, "experts": experts})), reference, rtol=1e-12)
+    assert e_sat[-1] < 300.0 and np.isclose(e_sat[0], 1.0 / (1 / offset + 1 / 300.0))
+    vocab = bs.get_law("vocabulary")
+    q = {"E": 1.5, "A1": 400.0, "alpha1": 0.3, "A2": 50.0, "alpha2": 0.2, "B": 1000.0, "beta": 0.3}
+    x = {"N_nv": np.array([1e8]), "N_v": np.array([3e7]), "D": np.array([2e10])}
+    expected = 1.5 + 400 * 1e8**-0.3 + 50 * 3e7**-0.2 + 1000 * 2e10**-0.3
+    np.testing.assert_allclose(np.asarray(vocab.mean(q, x)), expected, rtol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,table,truth", [
+    ("kaplan_steps", kaplan_steps_table, KAPLAN_S),
+    ("precision", precision_table, PRECISION_TRUTH),
+    ("parscale", parscale_table, PARSCALE_TRUTH),
+])
+def test_capacity_and_steps_laws_nuts_recovery(name, table, truth):
+    nuts_recovery(table(), name, truth, settings=FULL)
