@@ -64,7 +64,9 @@ def map_recovery(table, law, truth, rtol, columns=None, y="loss", seed=0, num_st
 
 def test_every_family_is_in_the_catalogue():
     names = set(bs.laws())
-    for name in ("power_law", "offset_power_law", "compute_power_law", "overtrain"):
+    for name in ("power_law", "offset_power_law", "compute_power_law", "overtrain", "data_constrained",
+                 "broken_power_law", "kaplan_steps", "precision", "parscale", "moe", "vocabulary",
+                 "step_law_lr", "step_law_batch", "lr_batch_bowl", "finetune"):
         assert name in names, name
     for law in bs.laws().values():
         if law.numpyro_model is None:
@@ -349,3 +351,23 @@ def test_moe_and_vocabulary_forms():
 ])
 def test_capacity_and_steps_laws_nuts_recovery(name, table, truth):
     nuts_recovery(table(), name, truth, settings=FULL)
+
+
+# ---- 8. Step Law (Li et al. 2025): optimal lr and batch from the published constants, and the bowl ----
+
+def test_step_law_map_recovers_published_lr_law():
+    rng = np.random.default_rng(0)
+    N, D = (a.ravel() for a in np.meshgrid(np.geomspace(6e7, 1e9, 4), np.geomspace(2e10, 1e12, 4)))
+    lr = 1.79 * N**-0.713 * D**0.307 * np.exp(0.03 * rng.standard_normal(N.size))
+    map_recovery(pd.DataFrame({"N": N, "D": D, "lr": lr}), "step_law_lr", {"a": 0.713, "b": 0.307},
+                 y="lr", rtol=0.1)
+
+
+def test_lr_batch_bowl_has_its_minimum_at_the_optimum():
+    law = bs.get_law("lr_batch_bowl")
+    p = {"L_min": 2.5, "lr_opt": 2e-3, "batch_opt": 1e6, "q_lr": 0.03, "q_batch": 0.01}
+    lr, batch = (a.ravel() for a in np.meshgrid(np.geomspace(1e-4, 3e-2, 41), np.geomspace(6e4, 1.6e7, 41)))
+    loss = np.asarray(law.mean(p, {"lr": lr, "batch": batch}))
+    best = np.argmin(loss)
+    assert np.isclose(lr[best], 2e-3, rtol=0.15) and np.isclose(batch[best], 1e6, rtol=0.15)
+    np.testing.assert_allclose(loss, 2.5 + 0.03 * np.log(lr / 2e-3) ** 2 + 0.01 * np.log(batch / 1e6) ** 2)
