@@ -212,3 +212,37 @@ def test_cli_predict_downstream_json_and_bad_task(tmp_path, capsys, simulated, b
     table.to_csv(csv, index=False)
     code = main(["fit-downstream", str(csv), "--task", "acc_t0,acc_missing", "--out", str(tmp_path / "x.nc")])
     assert code == 2 and "acc_missing" in capsys.readouterr().err
+
+
+OVERTRAIN = "/work/shared/data/overtrain"
+GADRE_TASKS = [f"acc_{t}" for t in (
+    "bigbench_operators pubmed_qa_labeled hellaswag_zeroshot boolq arc_easy coqa bigbench_dyck_languages "
+    "lambada_openai bigbench_novel_concepts winograd bigbench_cs_algorithms commonsense_qa bigbench_qa_wikidata "
+    "hellaswag copa squad piqa").split()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling", ["partial", "none"])
+def test_overtrain_downstream_reproduction(pooling):
+    """Gadre et al.'s downstream experiment (../shared/data/README.md): fit the five small RedPajama runs and
+    the 1.4B run at multiplier 1; the 17-task average top-1 error of the 1.4B run at multiplier 32 and the
+    6.9B run at multiplier 1 within 4% (posterior median) and inside the 90% interval."""
+    import os
+
+    if not os.path.exists(OVERTRAIN):
+        pytest.skip("over-training data not available")
+    runs = pd.read_csv(f"{OVERTRAIN}/overtrain_runs.csv")
+    rpj = runs[runs.dataset == "rpj"]
+    m, n = rpj.chinchilla_multiplier, rpj.N_params
+    fit_set = rpj[((m == 1.0) & (n < 1e9)) | ((n < 2e7) & (m == 16.0)) | ((n > 1e9) & (n < 2e9) & (m == 1.0))]
+    targets = rpj[((n > 1e9) & (n < 2e9) & (m == 32.0)) | (n > 5e9)]
+    assert len(fit_set) == 6 and len(targets) == 2
+    items, chance = ds.task_metadata(f"{OVERTRAIN}/eval_metadata.csv", GADRE_TASKS)
+    chain = ds.fit_downstream(fit_set, tasks=GADRE_TASKS, loss_column="loss_c4_val",
+                              columns={"N": "N_params", "D": "D_tokens"}, items=items, chance=chance,
+                              pooling=pooling, num_warmup=500, num_samples=500, num_chains=4)
+    prediction = chain.predict({"N": targets.N_params.to_numpy(), "D": targets.D_tokens.to_numpy()})
+    true = 1 - targets[GADRE_TASKS].mean(axis=1).to_numpy()
+    lo, median, hi = np.quantile(prediction.average_new_run, [0.05, 0.5, 0.95], axis=0)
+    assert np.all(np.abs(median - true) / true < 0.04), (median, true)
+    assert np.all((lo <= true) & (true <= hi)), (lo, hi, true)
