@@ -238,7 +238,7 @@ def _shard_inputs(inputs, count: int, shard: bool):
 
 def _bfmi(energy: np.ndarray) -> np.ndarray:
     """E-BFMI per chain (Betancourt 2016), as ArviZ computes it; energy: (..., chains, draws)."""
-    return np.square(np.diff(energy, axis=-1)).mean(axis=-1) / np.var(energy, axis=-1)
+    return np.square(np.diff(energy, axis=-1)).mean(axis=-1) / np.var(energy, axis=-1, ddof=1)
 
 
 def batch_diagnostics(samples: Mapping[str, np.ndarray], stats: Mapping[str, np.ndarray],
