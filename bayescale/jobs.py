@@ -224,7 +224,10 @@ def read_manifest(output: Path) -> dict[str, dict[str, Any]]:
 
 def append_manifest(output: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     path = Path(output) / MANIFEST
+    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
     with open(path, "a") as handle:
+        if torn:  # a kill mid-write left a partial line: end it, so it stays one unreadable line on its own
+            handle.write("\n")
         for row in rows:
             handle.write(json.dumps(row, default=_json_default) + "\n")
         handle.flush()
@@ -264,7 +267,7 @@ def summary_row(fit, job: Job, dataset: str, law: str, path: Path) -> dict[str, 
 
         quantiles = predict(fit, point, seed=fit.seed).quantiles(job.quantiles)
         for col in quantiles.columns:
-            if col not in point:
+            if col.startswith(("mean_", "new_run_")):
                 row[f"predict{j}_{col}"] = float(quantiles[col].iloc[0])
     if job.evidence:
         row.update(_evidence(fit))
