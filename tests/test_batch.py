@@ -183,8 +183,10 @@ def test_bad_data_set_is_reported_and_others_finish(killed_and_resumed):
     ok = summary.drop("broken")
     assert (ok["status"] == "ok").all() and ok["converged"].dtype == bool
     assert (ok["num_runs"].to_numpy() == [WIDTH, 40, 45]).all()
-    for name in ("E", "alpha", "beta"):
-        assert ((ok[f"{name}_q5"] < BESIROGLU[name]) & (BESIROGLU[name] < ok[f"{name}_q95"])).all(), name
+    # 9 nominal 90% intervals (3 data sets x 3 parameters): ~0.9 misses expected, 4 or more has p < 0.002.
+    misses = sum(int((~((ok[f"{n}_q5"] < BESIROGLU[n]) & (BESIROGLU[n] < ok[f"{n}_q95"]))).sum())
+                 for n in ("E", "alpha", "beta"))
+    assert misses <= 3, misses
     assert ((ok["predict0_new_run_q5"] < ok["predict0_mean_q50"]) & (ok["predict0_mean_q50"] < ok["predict0_new_run_q95"])).all()
 
 
