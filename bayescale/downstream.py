@@ -676,15 +676,10 @@ def is_downstream_file(path: str | Path) -> bool:
 
 
 def load_downstream(path: str | Path) -> DownstreamFit:
-    from bayescale.persistence import prior_from_json
+    from bayescale.persistence import prior_from_json, read_fit_file
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no fit file at {path}")
-    dt = az.from_netcdf(path, engine="h5netcdf")
-    if "bayescale_downstream" not in dt.attrs:
-        raise ValueError(f"{path} is not a bayescale downstream fit (no 'bayescale_downstream' attribute)")
-    meta = json.loads(dt.attrs["bayescale_downstream"])
+    dt, meta = read_fit_file(path, "bayescale_downstream", "downstream fit")
     priors = {k: prior_from_json(v) for k, v in meta["priors"].items()}
     priors = {k: v for k, v in priors.items() if v is not None}
     loss_law, link = get_law(meta["loss_law"]), get_law(meta["link"])

@@ -81,16 +81,22 @@ def save(fit, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, law: Law | None = None):
-    from bayescale.fit import Fit
-
+def read_fit_file(path: str | Path, attribute: str = "bayescale", kind: str = "fit"):
+    """The DataTree of a saved fit and its metadata (the JSON in root attribute `attribute`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no fit file at {path}")
     dt = az.from_netcdf(path, engine="h5netcdf")
-    if "bayescale" not in dt.attrs:
-        raise ValueError(f"{path} is not a bayescale fit (no 'bayescale' attribute)")
-    meta = json.loads(dt.attrs["bayescale"])
+    if attribute not in dt.attrs:
+        raise ValueError(f"{path} is not a bayescale {kind} (no {attribute!r} attribute)")
+    return dt, json.loads(dt.attrs[attribute])
+
+
+def load(path: str | Path, law: Law | None = None):
+    from bayescale.fit import Fit
+
+    path = Path(path)
+    dt, meta = read_fit_file(path)
     if law is None:
         try:
             law = get_law(meta["law"])
