@@ -40,11 +40,16 @@ def parse_columns(items: list[str]) -> dict[str, str]:
     return columns
 
 
-def parse_point(text: str) -> dict[str, float]:
+def parse_point(text: str, labels: tuple[str, ...] = ()) -> dict[str, float | str]:
+    """N=7e10,D=1.4e12; keys in `labels` (a grouped fit's group column) stay text."""
     try:
-        return {k: float(v) for k, v in _key_values(text, "--at").items()}
+        return {k: (v if k in labels else float(v)) for k, v in _key_values(text, "--at").items()}
     except ValueError as err:
         raise ValueError(f"--at {text!r}: {err}") from None
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else []
 
 
 def parse_prior(text: str):
@@ -96,7 +101,8 @@ def cmd_fit(args) -> int:
         result = bs.fit(
             table, law, columns=columns, y=y, se=args.se, likelihood=likelihood, priors=priors,
             num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed,
-            allow_repeats=args.allow_repeats,
+            allow_repeats=args.allow_repeats, group=args.group, shared=_names(args.shared),
+            pooling=args.pooling,
         )
     for w in caught:
         if issubclass(w.category, bs.ConvergenceWarning):
@@ -133,9 +139,11 @@ def cmd_predict(args) -> int:
 
     result = bs.load(args.fit)
     levels = (args.level_low, 0.5, 1 - args.level_low)
+    labels = (result.grouping.column,) if result.grouping is not None else ()
     # Each --at stands alone: one point may give D and another C.
     table = pd.concat(
-        [bs.predict(result, parse_point(p), seed=args.seed).quantiles(levels) for p in args.at], ignore_index=True
+        [bs.predict(result, parse_point(p, labels), seed=args.seed).quantiles(levels) for p in args.at],
+        ignore_index=True,
     )
     if args.json:
         _json({"converged": result.converged, "output": result.runs.output, "points": table.to_dict(orient="records")})
@@ -299,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-repeats", action="store_true", help="accept several runs at the same inputs")
+    p.add_argument("--group", help="column naming each run's group: a grouped fit (see bayescale.grouping)")
+    p.add_argument("--shared", help="grouped fit: parameters shared by all groups, comma-separated (e.g. alpha,beta)")
+    p.add_argument("--pooling", default="partial", choices=["partial", "independent", "shared"],
+                   help="grouped fit: how the other parameters vary by group (default: partial pooling)")
     p.add_argument("--out", required=True, help="file to save the fit to (NetCDF)")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_NOT_CONVERGED} if the fit did not converge")
     p.add_argument("--json", action="store_true")

@@ -288,11 +288,9 @@ def reweighted_log_z(old: Density, new: Density, posterior: np.ndarray, log_z: f
 
 def fit_model_inputs(fit, runs=None):
     from bayescale.fit import model_inputs
-    from bayescale.model import law_model
 
-    model = law_model(fit.law, fit.likelihood)
     args, kwargs = model_inputs(fit.runs if runs is None else runs)
-    return model, args, kwargs
+    return fit.model, args, kwargs
 
 
 def fit_unconstrained_draws(fit) -> tuple[Density, np.ndarray]:
@@ -381,5 +379,10 @@ def prior_sensitivity(fit, evidence: Evidence, posterior, target: Density, facto
     wide_likelihood = fit.likelihood.with_priors(overrides)
     if wide_law is fit.law:
         wide_law = dataclasses.replace(fit.law)  # a distinct object: law_model memoises by identity
-    model = law_model(wide_law, wide_likelihood)
+    if fit.grouping is not None:
+        from bayescale.grouping import grouped_law_model
+
+        model = grouped_law_model(wide_law, wide_likelihood, fit.grouping)
+    else:
+        model = law_model(wide_law, wide_likelihood)
     return reweighted_log_z(target, density(model, args, kwargs), posterior, evidence.log_z, evidence.error), kept

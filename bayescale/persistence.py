@@ -18,6 +18,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from bayescale.diagnostics import check_convergence
+from bayescale.grouping import Grouping
 from bayescale.inference import SamplerSettings
 from bayescale.law import Law, get_law
 from bayescale.likelihood import Likelihood
@@ -71,7 +72,10 @@ def save(fit, path: str | Path) -> Path:
             "sources": fit.runs.sources,
             "output": fit.runs.output,
             "has_se": fit.runs.se is not None,
+            "group_column": fit.runs.group_column,
+            "group_labels": [str(g) for g in fit.runs.group_labels],
         },
+        "grouping": fit.grouping.to_dict() if fit.grouping is not None else None,
     }
     dt = fit.data.copy()
     dt.attrs["bayescale"] = json.dumps(meta)
@@ -126,6 +130,9 @@ def load(path: str | Path, law: Law | None = None):
         labels=np.asarray(runs_meta["labels"]),
         sources=runs_meta["sources"],
         output=runs_meta["output"],
+        groups=np.asarray(constant["group"]) if meta.get("grouping") else None,
+        group_labels=tuple(runs_meta.get("group_labels", ())),
+        group_column=runs_meta.get("group_column"),
     )
     return Fit(
         law=law,
@@ -137,4 +144,5 @@ def load(path: str | Path, law: Law | None = None):
         seed=meta["seed"],
         map=meta["map"],
         priors=priors,
+        grouping=Grouping.from_dict(meta["grouping"]) if meta.get("grouping") else None,
     )

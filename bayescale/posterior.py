@@ -24,10 +24,43 @@ def summary(fit, quantiles=(0.05, 0.5, 0.95)) -> pd.DataFrame:
     samples = draws(fit)
     rows = {}
     for name, values in samples.items():
-        row = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1))}
-        for q in quantiles:
-            row[f"q{100 * q:g}"] = float(np.quantile(values, q))
-        row["map"] = fit.map.get(name, np.nan)
-        rows[name] = row
+        if values.ndim == 1:
+            rows[name] = _row(values, quantiles, fit.map.get(name, np.nan))
+            continue
+        for i, label in enumerate(_element_labels(fit, name, values.shape[1])):
+            rows[f"{name}[{label}]"] = _row(values[:, i], quantiles, np.nan)
     table = pd.DataFrame(rows).T
-    return table.join(fit.diagnostics.table)
+    return table.join(_diagnostics_by_row(fit, table.index))
+
+
+def _row(values, quantiles, map_value) -> dict:
+    row = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1))}
+    for q in quantiles:
+        row[f"q{100 * q:g}"] = float(np.quantile(values, q))
+    row["map"] = map_value
+    return row
+
+
+def _element_labels(fit, name, count):
+    dims = fit.data.posterior[name].dims[2:]
+    if dims and dims[0] in fit.data.posterior.coords:
+        return [str(v) for v in np.asarray(fit.data.posterior.coords[dims[0]])]
+    return [str(i) for i in range(count)]
+
+
+def _diagnostics_by_row(fit, index) -> pd.DataFrame:
+    """The fit's diagnostics per row; a vector parameter's elements get their own R-hat and ESS."""
+    import arviz as az
+
+    table = fit.diagnostics.table
+    vectors = [n for n in table.index if fit.data.posterior[n].ndim > 2]
+    if not vectors:
+        return table
+    rows = {n: table.loc[n].to_dict() for n in table.index if n not in vectors}
+    stats = {k: az.ess(fit.data, method=m, var_names=vectors) for k, m in (("ess_bulk", "bulk"), ("ess_tail", "tail"))}
+    stats["rhat"] = az.rhat(fit.data, var_names=vectors)
+    for name in vectors:
+        labels = _element_labels(fit, name, fit.data.posterior[name].shape[2])
+        for i, label in enumerate(labels):
+            rows[f"{name}[{label}]"] = {k: float(np.asarray(stats[k][name]).reshape(-1)[i]) for k in ("rhat", "ess_bulk", "ess_tail")}
+    return pd.DataFrame(rows).T.reindex(index)

@@ -45,15 +45,51 @@ def law_mean_draws(law, params: Mapping[str, np.ndarray], x: Mapping[str, np.nda
 
 def predict(fit, at: Mapping[str, float | Sequence[float]] | pd.DataFrame, *, seed: int = 0) -> Prediction:
     """Predictions at `at`, e.g. {"N": 70e9, "D": 1.4e12} or a DataFrame of input columns. Inputs the law
-    needs are derived when possible (D from C and N)."""
-    points = points_from_mapping(at, fit.law)
+    needs are derived when possible (D from C and N).
+
+    A grouped fit needs the group of each point in `at` (its group column): a fitted group uses that
+    group's parameters; a group the fit has not seen gets parameters drawn from the fitted between-group
+    distribution (partial pooling only), so its interval includes the spread between setups."""
+    column = fit.grouping.column if fit.grouping is not None else None
+    if column is not None and isinstance(at, pd.DataFrame):
+        points = points_from_mapping(at.drop(columns=[column], errors="ignore"), fit.law)
+    elif column is not None:
+        points = points_from_mapping({k: v for k, v in at.items() if k != column}, fit.law)
+    else:
+        points = points_from_mapping(at, fit.law)
     samples = draws(fit)
     if fit.law.numpyro_model is not None:
         return _predict_raw_model(fit, points, samples, seed)
+    key_group, seed_key = jax.random.split(jax.random.PRNGKey(seed))
+    if fit.grouping is not None:
+        samples, points = _at_groups(fit, at, points, samples, key_group)
     mean = law_mean_draws(fit.law, samples, points.x)
     noise = {k: samples[k] for k in fit.likelihood.param_names}
-    new_run = np.asarray(fit.likelihood.sample_new(jax.random.PRNGKey(seed), jnp.asarray(mean), noise))
+    new_run = np.asarray(fit.likelihood.sample_new(seed_key if fit.grouping else jax.random.PRNGKey(seed),
+                                                   jnp.asarray(mean), noise))
     return Prediction(points=points.to_frame().reset_index(drop=True), mean=mean, new_run=new_run, output=fit.runs.output)
+
+
+def _at_groups(fit, at, points, samples, key):
+    """Each point's parameters in a grouped fit (see `bayescale.grouping.group_params`)."""
+    import dataclasses
+
+    from bayescale.grouping import group_params
+    from bayescale.law import data_stats
+    from bayescale.runs import DataError
+
+    column = fit.grouping.column
+    frame = at if isinstance(at, pd.DataFrame) else pd.DataFrame({k: np.atleast_1d(v) for k, v in at.items()})
+    if column not in frame.columns:
+        raise DataError(f"this fit is grouped by {column!r}: give each point's group in column {column!r} "
+                        f"(fitted groups: {', '.join(map(str, fit.runs.group_labels))}; any other name is a new group)")
+    labels = frame[column].to_numpy()
+    known = {str(g): i for i, g in enumerate(fit.runs.group_labels)}
+    codes = np.array([known.get(str(g), -1) for g in labels])
+    stats = {k: jnp.asarray(v) for k, v in data_stats(jnp.asarray(fit.runs.y)).items()}
+    params = group_params(fit.law, fit.grouping, samples, stats, codes, key)
+    points = dataclasses.replace(points, groups=np.arange(len(labels)), group_labels=tuple(labels), group_column=column)
+    return {**samples, **params}, points
 
 
 def _predict_raw_model(fit, points, samples, seed) -> Prediction:

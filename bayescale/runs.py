@@ -32,6 +32,9 @@ class Runs:
     labels: np.ndarray = field(default_factory=lambda: np.array([]))
     sources: dict[str, str] = field(default_factory=dict)  # law input -> column or derivation it came from
     output: str = "loss"
+    groups: np.ndarray | None = None        # grouped fits: each run's group, an index into group_labels
+    group_labels: tuple = ()
+    group_column: str | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.x.values())))
@@ -42,6 +45,8 @@ class Runs:
             frame[self.output] = self.y
         if self.se is not None:
             frame["se"] = self.se
+        if self.groups is not None:
+            frame[self.group_column] = np.asarray(self.group_labels, dtype=object)[self.groups]
         return frame
 
 
@@ -154,12 +159,15 @@ def runs_from_table(
     se: str | None = None,
     allow_repeats: bool = False,
     positive_output: bool = True,
+    group: str | None = None,
 ) -> Runs:
     """Validate a table for `law` and return its runs.
 
     `columns` maps input names (the law's, or ones it derives from such as C) to table columns; unmapped law
     inputs are looked up by name. `y=None` reads inputs only (points to predict at). `allow_repeats` accepts
-    several runs at the same inputs (seeds); otherwise duplicates are an error.
+    several runs at the same inputs (seeds); otherwise duplicates are an error. `group` names a column
+    whose values label each run's group (grouped fits, `bayescale.grouping`); runs may then repeat inputs
+    across groups, not within one.
     """
     table = read_table(source)
     if len(table) == 0:
@@ -202,11 +210,23 @@ def runs_from_table(
         se_values = _numeric_column(table, se, "standard error", labels)
         _require_positive(se_values, f"standard-error column {se!r}", labels)
 
+    codes, group_labels = None, ()
+    if group is not None:
+        if group not in table.columns:
+            raise DataError(f"group column {group!r} is not in the table; columns are: {', '.join(map(str, table.columns))}")
+        missing = table[group].isna().to_numpy()
+        if missing.any():
+            raise DataError(f"group column {group!r} is empty at rows {_rows(labels, missing)}")
+        codes, uniques = pd.factorize(table[group], sort=True)
+        group_labels = tuple(uniques.tolist())
+
     if not allow_repeats:
         keys = pd.DataFrame({k: x[k] for k in law.inputs})
+        if codes is not None:
+            keys[f"group {group}"] = codes
         dup = keys.duplicated(keep=False).to_numpy()
         if dup.any():
-            groups = keys[dup].groupby(list(law.inputs), sort=False).groups
+            groups = keys[dup].groupby(list(keys.columns), sort=False).groups
             first = list(groups.values())[0]
             raise DataError(
                 f"duplicate runs: {int(dup.sum())} rows share their inputs ({', '.join(law.inputs)}), e.g. rows "
@@ -221,7 +241,8 @@ def runs_from_table(
                 f"law {law.name!r} has {law.num_params} parameters ({', '.join(law.param_names)}); "
                 f"the table has {len(table)} runs, fewer than the {need} needed to fit it"
             )
-    return Runs(x=x, y=y_values, se=se_values, labels=labels, sources=sources, output=y or "loss")
+    return Runs(x=x, y=y_values, se=se_values, labels=labels, sources=sources, output=y or "loss",
+                groups=codes, group_labels=group_labels, group_column=group)
 
 
 def points_from_mapping(at: Mapping[str, float | Sequence[float]] | pd.DataFrame, law: Law) -> Runs:

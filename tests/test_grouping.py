@@ -1,0 +1,161 @@
+"""Grouped fits: shared and per-group parameters, partial pooling, prediction at fitted and new groups."""
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayescale as bs
+from bayescale.fit import model_inputs
+from bayescale.likelihood import as_likelihood
+from bayescale.grouping import grouped_law_model, make_grouping
+from bayescale.model import prior_draws
+from bayescale.runs import DataError
+from conftest import BESIROGLU, simulate_chinchilla
+
+# Three corpora with the same exponents and different constants (code has a much lower floor).
+TRUTH = {
+    "web": {"E": 1.8, "A": 480.0, "B": 2000.0},
+    "code": {"E": 0.9, "A": 300.0, "B": 1500.0},
+    "books": {"E": 2.1, "A": 700.0, "B": 2600.0},
+}
+
+
+def grouped_table(runs_per_group=30, seed=0) -> pd.DataFrame:
+    frames = []
+    for i, (name, constants) in enumerate(TRUTH.items()):
+        frame = simulate_chinchilla({**BESIROGLU, **constants}, num_runs=runs_per_group, seed=seed + i)
+        frame["corpus"] = name
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def partial_fit():
+    return bs.fit(grouped_table(), "chinchilla", group="corpus", shared=["alpha", "beta"], seed=0)
+
+
+def test_partial_pooling_recovers_each_group(partial_fit):
+    fit = partial_fit
+    assert fit.converged, fit.diagnostics.problems
+    assert fit.diagnostics.divergences == 0
+    table = fit.summary(quantiles=(0.005, 0.5, 0.995))
+    assert table["rhat"].max() < 1.01
+    for corpus, constants in TRUTH.items():
+        for name, value in constants.items():
+            row = table.loc[f"{name}[{corpus}]"]
+            assert row["q0.5"] <= value <= row["q99.5"], (corpus, name, value, row["q0.5"], row["q99.5"])
+    for name in ("alpha", "beta"):
+        assert table.loc[name, "q0.5"] <= BESIROGLU[name] <= table.loc[name, "q99.5"]
+    # The floors differ by far more than their uncertainty: the fit tells the corpora apart.
+    e = bs.draws(fit)["E"]
+    labels = list(fit.runs.group_labels)
+    assert np.mean(e[:, labels.index("code")] < e[:, labels.index("web")]) > 0.99
+    assert np.mean(e[:, labels.index("web")] < e[:, labels.index("books")]) > 0.99
+
+
+def test_posterior_has_group_dimension_and_hyperparameters(partial_fit):
+    posterior = partial_fit.data.posterior
+    assert posterior["E"].dims == ("chain", "draw", "group")
+    assert list(posterior.coords["group"].values) == ["books", "code", "web"]
+    for name in ("E_mu", "E_tau", "A_mu", "A_tau", "B_mu", "B_tau"):
+        assert posterior[name].dims == ("chain", "draw")
+    assert posterior["alpha"].dims == ("chain", "draw")
+
+
+def test_prediction_at_fitted_and_new_groups(partial_fit):
+    fit = partial_fit
+    at = pd.DataFrame({"N": [7e10] * 3, "D": [1.4e12] * 3, "corpus": ["code", "web", "unseen"]})
+    q = fit.predict(at).quantiles()
+    law_at = lambda g: TRUTH[g]["E"] + TRUTH[g]["A"] / 7e10 ** BESIROGLU["alpha"] + TRUTH[g]["B"] / 1.4e12 ** BESIROGLU["beta"]  # noqa: E731
+    for i, corpus in enumerate(["code", "web"]):
+        assert abs(q["mean_q50"][i] / law_at(corpus) - 1) < 0.03
+    width = q["new_run_q95"] - q["new_run_q5"]
+    # A new corpus carries the between-corpus spread: far wider than any fitted corpus's interval.
+    assert width[2] > 3 * max(width[0], width[1])
+    assert q["corpus"].tolist() == ["code", "web", "unseen"]
+    with pytest.raises(DataError, match="corpus"):
+        fit.predict({"N": 7e10, "D": 1.4e12})
+
+
+def test_save_and_load_keep_the_grouping(partial_fit, tmp_path):
+    path = partial_fit.save(tmp_path / "grouped.nc")
+    loaded = bs.load(path)
+    assert loaded.grouping == partial_fit.grouping
+    assert loaded.runs.group_labels == partial_fit.runs.group_labels
+    at = {"N": [1e10], "D": [2e11], "corpus": ["books"]}
+    np.testing.assert_allclose(loaded.predict(at).mean, partial_fit.predict(at).mean)
+
+
+def test_per_group_priors_read_each_groups_data():
+    # E < that corpus's smallest loss, not the smallest loss of all corpora (code's is far lower).
+    table = grouped_table()
+    law = bs.get_law("chinchilla")
+    runs = bs.runs_from_table(table, law, group="corpus")
+    for pooling in ("independent", "partial"):
+        grouping = make_grouping(law, "corpus", pooling=pooling, shared=["alpha", "beta"])
+        model = grouped_law_model(law, as_likelihood("normal"), grouping)
+        args, kwargs = model_inputs(runs)
+        e = np.asarray(prior_draws(model, jax.random.PRNGKey(0), args, kwargs, 2000)["E"])
+        mins = table.groupby("corpus")["loss"].min().sort_index().to_numpy()
+        assert (e <= mins).all()
+        assert (e.max(axis=0) > 0.9 * mins).all()  # and the bound is each group's own
+
+
+def test_grouped_input_errors():
+    table = grouped_table(runs_per_group=8)
+    with pytest.raises(DataError, match="'lab'"):
+        bs.fit(table, "chinchilla", group="lab")
+    with pytest.raises(DataError, match="single group"):
+        bs.fit(table.assign(corpus="web"), "chinchilla", group="corpus")
+    with pytest.raises(DataError, match="independent"):
+        bs.fit(table.groupby("corpus").head(5), "chinchilla", group="corpus", pooling="independent")
+    with pytest.raises(KeyError, match="gamma"):
+        bs.fit(table, "chinchilla", group="corpus", shared=["gamma"])
+    with pytest.raises(ValueError, match="complete"):
+        bs.fit(table, "chinchilla", group="corpus", pooling={"E": "complete"})
+    missing = table.astype({"corpus": object})
+    missing.loc[3, "corpus"] = None
+    with pytest.raises(DataError, match="empty at rows 3"):
+        bs.fit(missing, "chinchilla", group="corpus")
+    # The same inputs in two corpora are two runs; within one corpus they are a duplicate.
+    same = pd.concat([table.iloc[:5].assign(corpus="a"), table.iloc[:5].assign(corpus="b")], ignore_index=True)
+    assert len(bs.runs_from_table(same, bs.get_law("chinchilla"), group="corpus")) == 10
+    with pytest.raises(DataError, match="duplicate"):
+        bs.runs_from_table(same.assign(corpus="a"), bs.get_law("chinchilla"), group="corpus")
+
+
+@pytest.mark.slow
+def test_partial_pooling_borrows_strength_for_a_small_group():
+    # Eight setups whose constants differ by 1-2 per cent; setup "h" keeps 4 runs. Alone (independent
+    # constants) its floor E is loosely constrained; pooled with the other seven it narrows, and both
+    # intervals cover the truth. (With only two or three groups the spread between them is poorly known
+    # and pooling narrows little: that is the hierarchical prior working as it should.)
+    rng = np.random.default_rng(7)
+    setups = {g: {"E": 1.8 * np.exp(0.01 * rng.standard_normal()), "A": 480.0 * np.exp(0.02 * rng.standard_normal()),
+                  "B": 2000.0 * np.exp(0.02 * rng.standard_normal())} for g in "abcdefgh"}
+    frames = [simulate_chinchilla({**BESIROGLU, **c}, num_runs=20 if g != "h" else 4, seed=i).assign(setup=g)
+              for i, (g, c) in enumerate(setups.items())]
+    table = pd.concat(frames, ignore_index=True)
+    widths = {}
+    for pooling in ("partial", "independent"):
+        fit = bs.fit(table, "chinchilla", group="setup", pooling=pooling, shared=["alpha", "beta"], seed=1)
+        e = bs.draws(fit)["E"][:, list(fit.runs.group_labels).index("h")]
+        lo, hi = np.quantile(e, [0.005, 0.995])
+        assert lo <= setups["h"]["E"] <= hi, (pooling, lo, hi)
+        widths[pooling] = np.diff(np.quantile(e, [0.05, 0.95]))[0]
+        assert fit.converged, fit.diagnostics.problems
+    # Measured: 0.096 pooled against 0.142 alone. Much of E's uncertainty is shared by every setup (it
+    # trades off against the shared exponents), and pooling cannot remove that part.
+    assert widths["partial"] < 0.75 * widths["independent"], widths
+
+
+def test_cli_predicts_at_a_group(partial_fit, tmp_path, capsys):
+    import json
+
+    from bayescale.cli import main
+
+    path = partial_fit.save(tmp_path / "grouped.nc")
+    assert main(["predict", str(path), "--at", "N=7e10,D=1.4e12,corpus=code", "--json"]) == 0
+    point = json.loads(capsys.readouterr().out)["points"][0]
+    assert point["corpus"] == "code" and 0.9 < point["mean_q50"] < 1.1
