@@ -86,14 +86,17 @@ def model_inputs(runs: Runs, mask=None) -> tuple[tuple, dict]:
     y = None if runs.y is None else jnp.asarray(runs.y)
     stats = data_stats(y, mask) if y is not None else {}
     se = None if runs.se is None else jnp.asarray(runs.se)
-    if runs.groups is None:
-        return (x, stats), {"y": y, "se": se, "mask": mask}
-    stats.update({k: jnp.asarray(v) for k, v in group_stats(runs.y, runs.groups, len(runs.group_labels)).items()})
-    return (x, stats), {"y": y, "se": se, "mask": mask, "group": jnp.asarray(runs.groups)}
+    kwargs = {"y": y, "se": se, "mask": mask}
+    if runs.prev is not None:
+        kwargs["prev"] = jnp.asarray(runs.prev)
+    if runs.groups is not None:
+        stats.update({k: jnp.asarray(v) for k, v in group_stats(runs.y, runs.groups, len(runs.group_labels)).items()})
+        kwargs["group"] = jnp.asarray(runs.groups)
+    return (x, stats), kwargs
 
 
 def _check_prior_names(priors: Mapping[str, PriorSpec], law: Law, likelihood: Likelihood) -> None:
-    known = set(law.param_names) | {"sigma", "nu"}
+    known = set(law.param_names) | {"sigma", "nu", "rho"}
     unknown = sorted(set(priors) - known)
     if unknown:
         raise KeyError(f"priors given for unknown parameters {unknown}; law {law.name!r} has {sorted(known)}")
@@ -186,6 +189,7 @@ def fit(
     pooling: str | Mapping[str, str] = "partial",
     shared: tuple[str, ...] | list[str] = (),
     group_scale: float = 0.5,
+    sequence: tuple[str, str] | None = None,
 ) -> Fit:
     """Fit `law` to a table of runs with NUTS; see the module docstring.
 
@@ -199,6 +203,9 @@ def fit(
     ("partial", the default, "independent" or "shared", or {parameter: level}) and `shared` (parameters
     with one value for all groups) say how each law parameter varies by group; `group_scale` is the prior
     scale of the between-group spread.
+
+    Training curves: `sequence=(run column, step column)` orders each run's points, for the "ar1"
+    likelihood (correlated residuals within a run); the "ar1" likelihood requires it.
     """
     law = get_law(law)
     likelihood = as_likelihood(likelihood)
@@ -211,8 +218,10 @@ def fit(
         settings = SamplerSettings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                                    target_accept_prob=0.99 if group is not None else 0.95)
 
+    if likelihood.family == "ar1" and sequence is None and not (isinstance(data, Runs) and data.prev is not None):
+        raise DataError("the ar1 likelihood needs the order of each run's points: fit(..., sequence=(run column, step column))")
     runs = data if isinstance(data, Runs) else runs_from_table(
-        data, law, columns=columns, y=y, se=se, allow_repeats=allow_repeats, group=group
+        data, law, columns=columns, y=y, se=se, allow_repeats=allow_repeats, group=group, sequence=sequence
     )
     grouping = None
     if group is not None or runs.groups is not None:

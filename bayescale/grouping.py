@@ -222,10 +222,11 @@ def grouped_law_model(law: Law, likelihood: Likelihood, grouping: Grouping):
     if key in _MODELS and _MODELS[key][0] is law:
         return _MODELS[key][1]
 
-    def model(x: Mapping, stats: Mapping, y=None, se=None, mask=None, group=None):
+    def model(x: Mapping, stats: Mapping, y=None, se=None, mask=None, group=None, prev=None):
         num_groups = stats["group_y_min"].shape[0]
         params = sample_grouped_params(law, grouping, stats, x, num_groups)
-        likelihood.observe(law.mean(params_at_runs(grouping, params, group), x), stats, y=y, se=se, mask=mask)
+        likelihood.observe(law.mean(params_at_runs(grouping, params, group), x), stats, y=y, se=se, mask=mask,
+                           prev=prev)
 
     model.__name__ = f"{law.name}_grouped_model"
     _MODELS[key] = (law, model)

@@ -96,6 +96,7 @@ class Law:
     reference: str = ""
     derivations: tuple[Derivation, ...] = ()
     numpyro_model: Callable[..., None] | None = None
+    nonnegative_inputs: tuple[str, ...] = ()  # inputs that may be zero (e.g. an annealing area); others must be > 0
 
     def __post_init__(self):
         if self.numpyro_model is None and (self.mean is None or not self.params):

@@ -5,6 +5,14 @@ The default is Normal on log loss with a fitted scale `sigma` (relative error, t
 (Hoffmann et al. 2022, Besiroglu et al. 2024): a few off-trend runs do not drag the exponents. Known per-run
 standard errors (`se`, in output units) enter as sd_i = sqrt((se_i / mean_i)^2 + sigma^2) on the log scale.
 
+`ar1` is for training curves, where the points of one run are not independent (a run that is above the law
+at step s is still above it at step s + k): Normal on log y with AR(1) residuals within each run,
+r_i = rho r_prev(i) + e_i, marginal sd sigma, e_i ~ Normal(0, sigma^2 (1 - rho^2)); `prev` gives each point
+the index of the preceding point of its run (-1 for a run's first point; `Runs.prev`, set by
+`fit(..., sequence=("run", "step"))`). The log likelihood is the exact joint one, factored point by point
+(so pointwise values, and LOO on them, are conditional on the run's earlier points). rho is per logged
+point, not per optimiser step.
+
 The observed site is named "y" and is in output units (LogNormal / exp-transformed Student-t), so posterior
 predictive draws and ArviZ's observed_data are loss values, not logs.
 """
@@ -23,12 +31,14 @@ from numpyro.distributions.transforms import ExpTransform
 
 from bayescale.law import PriorSpec, resolve_prior
 
-FAMILIES = ("normal", "student_t")
+FAMILIES = ("normal", "student_t", "ar1")
 # Residuals of a scaling-law fit on log loss are a few percent at most; HalfNormal(0.1) puts 90% of its mass
 # below 0.16 (16% relative error) and leaves the data to decide within that.
 DEFAULT_SIGMA_PRIOR = dist.HalfNormal(0.1)
 # Juarez & Steel (2010): Gamma(2, 0.1) on Student-t degrees of freedom, mean 20, weak towards robustness.
 DEFAULT_NU_PRIOR = dist.Gamma(2.0, 0.1)
+# Residual correlation between consecutive logged points of a run: uniform over (-1, 1), no preference.
+DEFAULT_RHO_PRIOR = dist.Uniform(-1.0, 1.0)
 
 
 class IntegerStudentT(dist.StudentT):
@@ -49,12 +59,13 @@ class IntegerStudentT(dist.StudentT):
 
 @dataclass(frozen=True)
 class Likelihood:
-    """`family`: "normal" or "student_t" on log y. `nu`: Student-t degrees of freedom (None: fitted)."""
+    """`family`: "normal", "student_t" or "ar1" on log y. `nu`: Student-t degrees of freedom (None: fitted)."""
 
     family: str = "normal"
     nu: float | None = 4.0
     sigma_prior: PriorSpec = DEFAULT_SIGMA_PRIOR
     nu_prior: PriorSpec = DEFAULT_NU_PRIOR
+    rho_prior: PriorSpec = DEFAULT_RHO_PRIOR
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -62,6 +73,8 @@ class Likelihood:
 
     @property
     def param_names(self) -> tuple[str, ...]:
+        if self.family == "ar1":
+            return ("sigma", "rho")
         return ("sigma", "nu") if self.family == "student_t" and self.nu is None else ("sigma",)
 
     def with_priors(self, priors: Mapping[str, PriorSpec] | None) -> Likelihood:
@@ -73,6 +86,8 @@ class Likelihood:
             out = replace(out, sigma_prior=priors["sigma"])
         if "nu" in priors:
             out = replace(out, nu_prior=priors["nu"])
+        if "rho" in priors:
+            out = replace(out, rho_prior=priors["rho"])
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +98,8 @@ class Likelihood:
         noise = {"sigma": numpyro.sample("sigma", resolve_prior(self.sigma_prior, stats))}
         if "nu" in self.param_names:
             noise["nu"] = numpyro.sample("nu", resolve_prior(self.nu_prior, stats))
+        if "rho" in self.param_names:
+            noise["rho"] = numpyro.sample("rho", resolve_prior(self.rho_prior, stats))
         return noise
 
     def distribution(self, mean, noise: Mapping[str, Any], se=None) -> dist.Distribution:
@@ -90,8 +107,8 @@ class Likelihood:
         if se is not None:
             # Delta method: an output-scale error se is a relative error se / mean on the log scale.
             sigma = jnp.sqrt((se / mean) ** 2 + sigma**2)
-        loc = jnp.log(mean)
-        if self.family == "normal":
+        loc = _log_mean(mean)
+        if self.family in ("normal", "ar1"):  # ar1's marginal: a new run's point on its own
             return dist.LogNormal(loc, sigma)
         if "nu" in noise:
             core = dist.StudentT(noise["nu"], loc, sigma)
@@ -101,16 +118,51 @@ class Likelihood:
             core = dist.StudentT(self.nu, loc, sigma)
         return dist.TransformedDistribution(core, ExpTransform())
 
-    def observe(self, mean, stats, y=None, se=None, mask=None) -> None:
+    def observe(self, mean, stats, y=None, se=None, mask=None, prev=None) -> None:
         noise = self.sample_noise(stats)
+        if self.family == "ar1":
+            return self._observe_ar1(mean, noise, y, se, mask, prev)
         with numpyro.handlers.mask(mask=True if mask is None else mask):
             numpyro.sample("y", self.distribution(mean, noise, se), obs=y)
+
+    def _observe_ar1(self, mean, noise, y, se, mask, prev) -> None:
+        if prev is None:
+            raise ValueError("the ar1 likelihood needs each point's predecessor in its run: fit with "
+                             "sequence=(run column, step column)")
+        if se is not None:
+            raise ValueError("the ar1 likelihood does not take known standard errors (se)")
+        sigma, rho = noise["sigma"], noise["rho"]
+        has_prev = prev >= 0
+        before = jnp.where(has_prev, prev, 0)
+        scale = jnp.where(has_prev, sigma * jnp.sqrt(1.0 - rho**2), sigma)
+        log_mean = _log_mean(mean)
+        if y is None:
+            # Replicated curves: residuals drawn run by run in order (prev(i) < i, see `sequence_order`).
+            shocks = jax.random.normal(numpyro.prng_key(), jnp.shape(log_mean)) * scale
+
+            def step(residuals, i):
+                r = jnp.where(has_prev[i], rho * residuals[before[i]], 0.0) + shocks[i]
+                return residuals.at[i].set(r), None
+
+            residuals, _ = jax.lax.scan(step, jnp.zeros_like(log_mean), jnp.arange(log_mean.shape[-1]))
+            numpyro.deterministic("y", jnp.exp(log_mean + residuals))
+            return
+        residuals = jnp.log(y) - log_mean
+        loc = log_mean + jnp.where(has_prev, rho * residuals[before], 0.0)
+        with numpyro.handlers.mask(mask=True if mask is None else mask):
+            numpyro.sample("y", dist.LogNormal(loc, scale), obs=y)
 
     # ---- outside a model: a new run at new inputs, given posterior draws ----
     def sample_new(self, key, mean, noise: Mapping[str, Any]):
         """Draws of a new run's output. `mean`: (draws, points); noise values: (draws,)."""
-        expand = {k: jnp.asarray(v)[:, None] for k, v in noise.items()}
+        expand = {k: jnp.asarray(v)[:, None] for k, v in noise.items() if k != "rho"}
         return self.distribution(mean, expand).sample(key)
+
+
+def _log_mean(mean):
+    # A law with a subtracted term (lr_annealing's -C S2) can go negative for parameters far from the data;
+    # there the density is ~0 (log mean = -690), not NaN, so that optimisers and NUTS step back.
+    return jnp.log(jnp.maximum(mean, 1e-300))
 
 
 def as_likelihood(spec: str | Likelihood | None) -> Likelihood:

@@ -1,8 +1,9 @@
 """A law and a likelihood -> a NumPyro model function, and the jitted draws made from it.
 
-The model is a plain function `model(x, stats, y=None, se=None, mask=None)`:
+The model is a plain function `model(x, stats, y=None, se=None, mask=None, prev=None)`:
 - `x`: dict of input arrays (user units), `stats`: `law.data_stats` of the observed output (priors such as
-  E < min loss read it), `y`/`se`: observations, `mask`: which entries are real (batch padding).
+  E < min loss read it), `y`/`se`: observations, `mask`: which entries are real (batch padding), `prev`:
+  each point's predecessor in its training run (the "ar1" likelihood).
 All arguments are arrays, so the same model jits once per shape and vmaps over data sets. `law_model`
 returns the same function object for the same (law, likelihood), so jitted code that takes the model as a
 static argument is traced once per process, and the persistent cache serves later processes.
@@ -69,9 +70,9 @@ def law_model(law: Law, likelihood: Likelihood):
     if key in _MODELS and _MODELS[key][0] is law:
         return _MODELS[key][1]
 
-    def model(x: Mapping, stats: Mapping, y=None, se=None, mask=None):
+    def model(x: Mapping, stats: Mapping, y=None, se=None, mask=None, prev=None):
         params = sample_params(law, stats, x, mask)
-        likelihood.observe(law.mean(params, x), stats, y=y, se=se, mask=mask)
+        likelihood.observe(law.mean(params, x), stats, y=y, se=se, mask=mask, prev=prev)
 
     model.__name__ = f"{law.name}_model"
     _MODELS[key] = (law, model)

@@ -35,6 +35,7 @@ class Runs:
     groups: np.ndarray | None = None        # grouped fits: each run's group, an index into group_labels
     group_labels: tuple = ()
     group_column: str | None = None
+    prev: np.ndarray | None = None         # training curves: index of the run's preceding point, -1 if first
 
     def __len__(self) -> int:
         return len(next(iter(self.x.values())))
@@ -160,6 +161,7 @@ def runs_from_table(
     allow_repeats: bool = False,
     positive_output: bool = True,
     group: str | None = None,
+    sequence: tuple[str, str] | None = None,
 ) -> Runs:
     """Validate a table for `law` and return its runs.
 
@@ -167,11 +169,16 @@ def runs_from_table(
     inputs are looked up by name. `y=None` reads inputs only (points to predict at). `allow_repeats` accepts
     several runs at the same inputs (seeds); otherwise duplicates are an error. `group` names a column
     whose values label each run's group (grouped fits, `bayescale.grouping`); runs may then repeat inputs
-    across groups, not within one.
+    across groups, not within one. `sequence=(run column, step column)` marks points of training curves:
+    rows are put in (run, step) order (labels kept) and each point records its run's preceding point
+    (`Runs.prev`, for the "ar1" likelihood); steps must be unique within a run.
     """
     table = read_table(source)
     if len(table) == 0:
         raise DataError("the table has no rows")
+    prev = None
+    if sequence is not None:
+        table, prev = _sequence_order(table, *sequence)
     labels = np.asarray(table.index)
     columns = dict(columns or {})
     derivations = law.all_derivations()
@@ -190,6 +197,11 @@ def runs_from_table(
             available[name] = _numeric_column(table, column, f"input {name}", labels)
             sources[name] = column
     for name, values in available.items():
+        if name in law.nonnegative_inputs:
+            bad = values < 0
+            if bad.any():
+                raise DataError(f"input {name} (column {sources[name]!r}) must be >= 0; negative at rows {_rows(labels, bad)}")
+            continue
         _require_positive(values, f"input {name} (column {sources[name]!r})", labels)
 
     x, how = resolve_inputs(available, law.inputs, derivations)
@@ -224,6 +236,8 @@ def runs_from_table(
         keys = pd.DataFrame({k: x[k] for k in law.inputs})
         if codes is not None:
             keys[f"group {group}"] = codes
+        if sequence is not None:
+            keys[f"run {sequence[0]}"] = table[sequence[0]].to_numpy()
         dup = keys.duplicated(keep=False).to_numpy()
         if dup.any():
             groups = keys[dup].groupby(list(keys.columns), sort=False).groups
@@ -242,7 +256,26 @@ def runs_from_table(
                 f"the table has {len(table)} runs, fewer than the {need} needed to fit it"
             )
     return Runs(x=x, y=y_values, se=se_values, labels=labels, sources=sources, output=y or "loss",
-                groups=codes, group_labels=group_labels, group_column=group)
+                groups=codes, group_labels=group_labels, group_column=group, prev=prev)
+
+
+def _sequence_order(table: pd.DataFrame, run: str, step: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The table in (run, step) order and each row's predecessor in its run (-1 for the first)."""
+    labels = np.asarray(table.index)
+    for column in (run, step):
+        if column not in table.columns:
+            raise DataError(f"sequence column {column!r} is not in the table; columns are: {', '.join(map(str, table.columns))}")
+    missing = table[run].isna().to_numpy()
+    if missing.any():
+        raise DataError(f"run column {run!r} is empty at rows {_rows(labels, missing)}")
+    _numeric_column(table, step, "step", labels)
+    repeated = table.duplicated([run, step], keep=False).to_numpy()
+    if repeated.any():
+        raise DataError(f"steps repeat within a run ({run!r}, {step!r}) at rows {_rows(labels, repeated)}")
+    ordered = table.sort_values([run, step], kind="stable")
+    first = (ordered[run] != ordered[run].shift()).to_numpy()
+    prev = np.where(first, -1, np.arange(len(ordered)) - 1)
+    return ordered, prev
 
 
 def points_from_mapping(at: Mapping[str, float | Sequence[float]] | pd.DataFrame, law: Law) -> Runs:

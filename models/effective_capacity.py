@@ -19,12 +19,19 @@ worth, with one extra input that says how they were trained or arranged.
   L = E + A1 / N_nv^alpha1 + A2 / N_v^alpha2 + B / D^beta. Tao et al. fit the unigram-normalised loss, which
   can be negative; this law models a positive loss (the raw loss, or the normalised loss plus a constant).
   Priors as Chinchilla's, per term.
+- `average_params` (Jin et al. 2025, "The Journey Matters: Average Parameter Count over Pre-training Unifies
+  Sparse and Dense Scaling Laws", arXiv:2501.12486): a model pruned during training is worth the average of
+  its parameter count over training, N_avg; L = E + A N_avg^-alpha + B D^-beta holds for dense and sparse
+  runs alike. N_avg is a column, or derived from the dense size N, the final sparsity and the pruning window
+  (fractions of training) under the cubic schedule of Zhu & Gupta 2017, s(t) = sparsity (1 - (1 - (t - start)
+  / (end - start))^3): the mean sparsity is sparsity (0.75 (end - start) + 1 - end), and
+  N_avg = N (1 - mean sparsity). A dense run has sparsity 0. Priors as Chinchilla's.
 """
 
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from bayescale.law import Law, Param
+from bayescale.law import Derivation, Law, Param
 from bayescale.models import priors
 
 
@@ -131,4 +138,36 @@ VOCABULARY = Law(
     description="loss with separate non-vocabulary-parameter, vocabulary-parameter and data terms",
     form="L = E + A1 / N_nv^alpha1 + A2 / N_v^alpha2 + B / D^beta",
     reference="Tao et al. 2024, arXiv:2407.13623",
+)
+
+
+def _mean_sparsity(sparsity, prune_start, prune_end):
+    """Mean of the cubic pruning schedule over training (the ramp averages 3/4 of the final sparsity)."""
+    return sparsity * (0.75 * (prune_end - prune_start) + 1.0 - prune_end)
+
+
+def _average_params_mean(p, x):
+    return p["E"] + _term(p["A"], p["alpha"], x["N_avg"]) + _term(p["B"], p["beta"], x["D"])
+
+
+AVERAGE_PARAMS = Law(
+    name="average_params",
+    inputs=("N_avg", "D"),
+    params={
+        "E": Param(priors.below_min_output, "irreducible loss, nats/token"),
+        "A": Param(priors.coefficient(), "parameter-limited loss coefficient", pivot=("N_avg", "alpha")),
+        "alpha": Param(priors.exponent(), "exponent of the average parameter count"),
+        "B": Param(priors.coefficient(), "data-limited loss coefficient", pivot=("D", "beta")),
+        "beta": Param(priors.exponent(), "exponent of tokens D"),
+    },
+    mean=_average_params_mean,
+    derivations=(
+        Derivation("N_avg", ("N", "sparsity", "prune_start", "prune_end"),
+                   lambda N, s, a, b: N * (1.0 - _mean_sparsity(s, a, b)),
+                   "N_avg = N (1 - mean sparsity of a cubic pruning schedule)"),
+    ),
+    nonnegative_inputs=("sparsity", "prune_start", "prune_end"),  # dense runs: all three are 0
+    description="Chinchilla in the parameter count averaged over training: sparse (pruned) and dense runs in one law",
+    form="L = E + A / N_avg^alpha + B / D^beta, N_avg = mean parameter count over training",
+    reference="Jin et al. 2025, arXiv:2501.12486",
 )
