@@ -48,6 +48,15 @@ def parse_point(text: str, labels: tuple[str, ...] = ()) -> dict[str, float | st
         raise ValueError(f"--at {text!r}: {err}") from None
 
 
+def _sequence(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    names = _names(text)
+    if len(names) != 2:
+        raise ValueError(f"--sequence: expected RUN,STEP (two column names), got {text!r}")
+    return names[0], names[1]
+
+
 def _names(text: str | None) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()] if text else []
 
@@ -102,7 +111,7 @@ def cmd_fit(args) -> int:
             table, law, columns=columns, y=y, se=args.se, likelihood=likelihood, priors=priors,
             num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed,
             allow_repeats=args.allow_repeats, group=args.group, shared=_names(args.shared),
-            pooling=args.pooling,
+            pooling=args.pooling, sequence=_sequence(args.sequence),
         )
     for w in caught:
         if issubclass(w.category, bs.ConvergenceWarning):
@@ -299,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
     p.add_argument("--y", help="output column (default: loss)")
     p.add_argument("--se", help="column of known standard errors of the output")
-    p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
+    p.add_argument("--likelihood", default="normal", choices=["normal", "student_t", "ar1"])
     p.add_argument("--nu", default="4", help="Student-t degrees of freedom, or 'fit'")
+    p.add_argument("--sequence", metavar="RUN,STEP", help="training curves: run and step columns (needed by --likelihood ar1)")
     p.add_argument("--prior", action="append", metavar="NAME=DIST(ARGS)", help="override a prior, e.g. alpha='LogNormal(-1.2, 0.5)'")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1000)
