@@ -355,11 +355,15 @@ def fit_batch(
     num_prior_draws: int = 500,
     thresholds: Thresholds = Thresholds(),
     shard: bool = True,
+    chunk_size: int | None = 256,
 ) -> BatchFit:
     """Fit `law` to every data set in `runs_list` (validated `Runs`, e.g. from `runs_from_table`) in one
     vmapped program. `seeds`: one per data set, or an int s giving data set i the seed s + i. `num_runs`: pad
     to this many runs (a fixed width lets batches of different data share one compiled program).
-    `shard`: split the data sets over all local devices when there are several."""
+    `shard`: split the data sets over all local devices when there are several. `chunk_size`: at most this
+    many data sets per call of the compiled program (the last chunk padded to it, so one compilation serves
+    all chunks); memory then stays that of one chunk, whatever the batch size (measured on CPU: ~2 GB peak
+    for 100 Chinchilla data sets x 4 chains x 500 + 500, 14 GB for 1,000 in one call). None: one call."""
     from bayescale.fit import _check_prior_names
 
     law = get_law(law)
@@ -380,9 +384,15 @@ def fit_batch(
     program = _program(model, *jax.tree.map(lambda a: a[0], (args, kwargs)))
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
 
-    inputs, _ = _shard_inputs((keys, args, kwargs), count, shard)
-    out = _fit_many(program, settings, map_starts, map_iter, *inputs)
-    out = jax.tree.map(lambda a: np.asarray(a)[:count], out)
+    width = count if not chunk_size or count <= chunk_size else int(chunk_size)
+    pieces = []
+    for start in range(0, count, width):
+        chunk = jax.tree.map(lambda a: a[start:start + width], (keys, args, kwargs))
+        size = len(chunk[0])
+        inputs, _ = _shard_inputs(_pad_batch(chunk, width), width, shard)
+        out = _fit_many(program, settings, map_starts, map_iter, *inputs)
+        pieces.append(jax.tree.map(lambda a: np.asarray(a)[:size], out))
+    out = jax.tree.map(lambda *parts: np.concatenate(parts), *pieces) if len(pieces) > 1 else pieces[0]
 
     samples = dict(out["samples"])
     diagnostics = batch_diagnostics(samples, out["stats"], thresholds)

@@ -21,6 +21,8 @@ priors are widened, a Laplace estimate far from the bridge one).
 
 from __future__ import annotations
 
+import dataclasses
+
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -171,13 +173,20 @@ def holdout_split(compute: np.ndarray, holdout: float | int) -> np.ndarray:
 
 
 def _subset(runs: Runs, keep: np.ndarray) -> Runs:
-    return Runs(
+    """The runs where `keep` is True, with group codes and run-order links (`prev`) carried over."""
+    prev = None
+    if runs.prev is not None:
+        new_index = np.cumsum(keep) - 1
+        kept_prev = runs.prev[keep]
+        prev = np.where((kept_prev >= 0) & keep[np.maximum(kept_prev, 0)], new_index[np.maximum(kept_prev, 0)], -1)
+    return dataclasses.replace(
+        runs,
         x={k: v[keep] for k, v in runs.x.items()},
         y=None if runs.y is None else runs.y[keep],
         se=None if runs.se is None else runs.se[keep],
         labels=runs.labels[keep] if len(runs.labels) == len(keep) else runs.labels,
-        sources=runs.sources,
-        output=runs.output,
+        groups=None if runs.groups is None else runs.groups[keep],
+        prev=prev,
     )
 
 
@@ -192,8 +201,14 @@ def extrapolation_score(fit, held_out: np.ndarray, *, seed: int = 0, settings=No
     train, test = _subset(fit.runs, ~held_out), _subset(fit.runs, held_out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        refit = run_fit(train, fit.law, likelihood=fit.likelihood, settings=settings or fit.settings, seed=seed)
+        grouped = {} if fit.grouping is None else {"pooling": fit.grouping.level, "group_scale": fit.grouping.scale}
+        refit = run_fit(train, fit.law, likelihood=fit.likelihood, settings=settings or fit.settings, seed=seed,
+                        **grouped)
     samples = draws(refit)
+    if refit.grouping is not None:  # each held-out run at its own group's parameters
+        from bayescale.grouping import group_params
+
+        samples = {**samples, **group_params(refit.law, refit.grouping, samples, {}, test.groups, jax.random.PRNGKey(seed))}
     mean = law_mean_draws(refit.law, samples, test.x)                       # (draws, held-out runs)
     noise = {k: jnp.asarray(samples[k])[:, None] for k in refit.likelihood.param_names}
     se = None if test.se is None else jnp.asarray(test.se)[None, :]

@@ -225,6 +225,7 @@ class ChainSpec:
     loss_likelihood: Likelihood
     metric_likelihood: MetricLikelihood
     pooling: str = "partial"
+    shared: tuple[str, ...] = ()  # link parameters with one value for every task
 
     def pooled(self, name: str) -> bool:
         """A link parameter is pooled across tasks unless its prior reads the task's statistics."""
@@ -254,7 +255,10 @@ def probability_correct(link: Law, value):
     return 1.0 - value if link.output == "error" else value
 
 
-def _sample_task_param(name: str, prior: dist.Distribution, pooled: bool, num_tasks: int):
+def _sample_task_param(name: str, prior: dist.Distribution, pooled: bool, num_tasks: int, shared: bool = False):
+    if shared:
+        value = numpyro.sample(f"_{name}_shared", prior)
+        return numpyro.deterministic(name, jnp.broadcast_to(value, (num_tasks,)))
     if not pooled:
         with numpyro.plate("task", num_tasks):
             return numpyro.sample(name, prior)
@@ -275,7 +279,7 @@ def chain_model(spec: ChainSpec):
     y=None)`. `metric` holds counts or fractions as `spec.metric_likelihood.observations` makes them;
     `y` is unused (the engine's generic prior draws pass it)."""
     # Laws hold dicts (unhashable): key on their identity, and keep the spec to check it is the same one.
-    key = (id(spec.loss_law), id(spec.link), spec.loss_likelihood, spec.metric_likelihood, spec.pooling)
+    key = (id(spec.loss_law), id(spec.link), spec.loss_likelihood, spec.metric_likelihood, spec.pooling, spec.shared)
     if key in _MODELS and _MODELS[key][0].loss_law is spec.loss_law and _MODELS[key][0].link is spec.link:
         return _MODELS[key][1]
     law, link, metric_lik = spec.loss_law, spec.link, spec.metric_likelihood
@@ -297,7 +301,8 @@ def chain_model(spec: ChainSpec):
 
         num_tasks = task_stats["chance"].shape[0]
         link_params = {
-            name: _sample_task_param(name, resolve_prior(p.prior, task_stats), spec.pooled(name), num_tasks)
+            name: _sample_task_param(name, resolve_prior(p.prior, task_stats), spec.pooled(name), num_tasks,
+                                     shared=name in spec.shared)
             for name, p in link.params.items()
         }
         phi = None
@@ -475,6 +480,7 @@ def fit_downstream(
     likelihood: str | Likelihood = "normal",
     metric_likelihood: str | MetricLikelihood = "auto",
     pooling: str = "partial",
+    shared: Sequence[str] = (),
     priors: Mapping[str, PriorSpec] | None = None,
     num_warmup: int = 1000,
     num_samples: int = 1000,
@@ -492,6 +498,8 @@ def fit_downstream(
     `items`/`chance`: per task (keyed by task column); `task_metadata` reads them from an eval metadata table.
     `metric_likelihood`: "auto" (Beta-Binomial with items, Beta without), "binomial", "beta_binomial",
     "beta". `pooling`: "partial" (hierarchical link across tasks) or "none" (each task on its own).
+    `shared`: link parameters with one value for all tasks (e.g. ["gamma"]: with a shared decay rate the
+    average error over tasks is itself Gadre's exponential in the loss).
     `priors`: replaces priors by name (loss-law and link parameters, "sigma"). Non-convergence warns
     (`ConvergenceWarning`) and sets `converged` False.
     """
@@ -514,7 +522,13 @@ def fit_downstream(
     if isinstance(metric_likelihood, str):
         metric_likelihood = MetricLikelihood(metric_likelihood)
     metric_likelihood = metric_likelihood.resolve(runs.items is not None)
-    spec = ChainSpec(loss_law, link, loss_likelihood, metric_likelihood, pooling)
+    bad = sorted(set(shared) - set(link.params))
+    if bad:
+        raise KeyError(f"shared names {bad}, which are not parameters of link {link.name!r} ({list(link.params)})")
+    per_task = [n for n in shared if not isinstance(link.params[n].prior, dist.Distribution)]
+    if per_task:
+        raise ValueError(f"link parameters {per_task} have priors that read each task's chance level: they cannot be shared")
+    spec = ChainSpec(loss_law, link, loss_likelihood, metric_likelihood, pooling, tuple(shared))
     settings = settings or SamplerSettings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains)
 
     model = chain_model(spec)
@@ -647,6 +661,7 @@ def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
         "loss_likelihood": spec.loss_likelihood.to_dict(),
         "metric_likelihood": spec.metric_likelihood.to_dict(),
         "pooling": spec.pooling,
+        "shared": list(spec.shared),
         "tasks": list(fit.runs.tasks),
         "labels": [str(v) for v in fit.runs.labels],
         "sources": fit.runs.sources,
@@ -686,7 +701,7 @@ def load_downstream(path: str | Path) -> DownstreamFit:
     loss_law = loss_law.with_priors({k: v for k, v in priors.items() if k in loss_law.params})
     link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
     spec = ChainSpec(loss_law, link, Likelihood(**meta["loss_likelihood"]),
-                     MetricLikelihood(**meta["metric_likelihood"]), meta["pooling"])
+                     MetricLikelihood(**meta["metric_likelihood"]), meta["pooling"], tuple(meta.get("shared", ())))
     constant = dt.constant_data
     runs = DownstreamRuns(
         x={k: np.asarray(constant[k]) for k in loss_law.inputs},

@@ -6,7 +6,8 @@ Data set i: 50 runs simulated from Besiroglu et al.'s parameters (tests/conftest
 NUTS: 4 chains x `--warmup` warm-up + `--draws` draws, dense mass, MAP from 32 starts, as fit() defaults.
 For each size the batch (`bayescale.batch.fit_batch`, vectorised diagnostics included) is timed twice: the
 first call includes compilation (or a persistent-cache load), the second is the steady state that is
-reported as throughput. The loop times `--loop` fits of fit() (warm: one untimed fit first) and
+reported as throughput; sizes from `--time-once-from` up are timed by their first call only (compilation,
+tens of seconds, is then a few per cent of the call and counts against the batch). The loop times `--loop` fits of fit() (warm: one untimed fit first) and
 extrapolates per fit. Memory: peak resident set (resource.getrusage ru_maxrss) after each step. Results go to
 benchmarks/results/batch_scaling.{json,md} with the machine noted. Wall-clock times on a shared machine
 are contaminated by other processes: the CPU time of this process is recorded next to each wall time.
@@ -54,6 +55,10 @@ def main(argv=None):
     parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--out", default=str(RESULTS / "batch_scaling"))
+    parser.add_argument("--chunk-size", type=int, default=0,
+                        help="data sets per compiled call (fit_batch's chunk_size); 0: the whole batch in one call")
+    parser.add_argument("--time-once-from", type=int, default=1000,
+                        help="sizes from this one up are timed by one call only (compile included)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", bs.ConvergenceWarning)
     law = bs.get_law("chinchilla")
@@ -66,7 +71,7 @@ def main(argv=None):
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "jax_devices": [str(d) for d in jax.devices()], "load_average_at_start": os.getloadavg()},
         "settings": {"chains": 4, "warmup": args.warmup, "draws": args.draws, "runs_per_data_set": args.runs,
-                     "map_starts": 32},
+                     "map_starts": 32, "chunk_size": args.chunk_size or None},
         "loop": None,
         "batch": [],
     }
@@ -81,10 +86,14 @@ def main(argv=None):
 
     for size in sorted(args.sizes):
         batch = runs[:size]
-        first, wall0, cpu0 = timed(lambda: fit_batch(batch, law, settings=settings, seeds=0))
-        del first
-        result, wall, cpu = timed(lambda: fit_batch(batch, law, settings=settings, seeds=0))
+        first, wall0, cpu0 = timed(lambda: fit_batch(batch, law, settings=settings, seeds=0, chunk_size=args.chunk_size or None))
+        if size >= args.time_once_from:  # compilation is a small share of a long call: one call is the measurement
+            result, wall, cpu = first, wall0, cpu0
+        else:
+            del first
+            result, wall, cpu = timed(lambda: fit_batch(batch, law, settings=settings, seeds=0, chunk_size=args.chunk_size or None))
         row = {"data_sets": size, "first_call_wall_s": wall0, "wall_s": wall, "cpu_s": cpu,
+               "timed_calls": 1 if size >= args.time_once_from else 2,
                "posteriors_per_s": size / wall, "converged_fraction": float(result.converged.mean()),
                "peak_rss_mb": peak_rss_mb(), "load_average": os.getloadavg()}
         if record["loop"]:

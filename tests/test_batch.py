@@ -79,6 +79,21 @@ def test_batch_posterior_equals_single_fit_to_monte_carlo_error(batch, single):
         assert np.isclose(a.std(), b.std(), rtol=0.25), name
 
 
+@pytest.mark.slow  # a second compilation, for chunks of 2
+def test_chunks_give_the_posteriors_of_one_call(batch):
+    """fit_batch in chunks of 2 (memory bound for large batches): the same MAP per data set, and posterior
+    means within 4 Monte Carlo standard errors of the one-call batch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        chunked = fit_batch(batch.runs, LAW, settings=SETTINGS, seeds=[10, 11, 12], num_runs=WIDTH, chunk_size=2)
+    for name in LAW.param_names:
+        np.testing.assert_allclose(chunked.map[name], batch.map[name], rtol=1e-6)
+        for i in range(3):
+            a, b = chunked.samples[name][i].ravel(), batch.samples[name][i].ravel()
+            mcse = np.hypot(a.std(), b.std()) / np.sqrt(batch.diagnostics[i].table.loc[name, "ess_bulk"])
+            assert abs(a.mean() - b.mean()) < 4 * mcse, (name, i)
+
+
 def test_batch_members_are_their_own_posteriors(batch):
     """Each data set recovers its own truth (data set 2 was simulated with alpha = 0.30, E = 1.7)."""
     assert batch.converged.all(), [d.problems for d in batch.diagnostics]
