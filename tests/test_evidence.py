@@ -80,6 +80,7 @@ def test_bridge_matches_closed_form_linear_regression(case):
     X, y, exact = data(seed=1)
     target, posterior = _nuts_unconstrained(model, (X,), {"y": y}, seed=2)
     estimate = bridge_sampling(target, posterior, jax.random.PRNGKey(3))
+    print(f"\n{case}: bridge {estimate.log_z:.4f} +- {estimate.error:.4f}, exact {exact:.4f}")
     assert abs(estimate.log_z - exact) < 0.1, (estimate, exact)
     assert abs(estimate.log_z - exact) < 3 * estimate.error + 0.01, (estimate, exact)
     assert 0 < estimate.error < 0.1
@@ -151,6 +152,8 @@ def test_bridge_matches_grid_for_a_power_law_fit(power_law_fit):
     exact = grid_log_evidence(table["x"].to_numpy(), table["loss"].to_numpy())
     report = evidence_report(fitted, seed=0)
     estimate = report.primary
+    print(f"\npower law: bridge {estimate.log_z:.4f} +- {estimate.error:.4f}, Laplace {report.cross_check.log_z:.4f}, "
+          f"grid {exact:.4f}")
     assert abs(estimate.log_z - exact) < 0.1, (estimate, exact)
     assert abs(estimate.log_z - exact) < 3 * estimate.error + 0.01, (estimate, exact)
     assert abs(report.cross_check.log_z - exact) < 0.3
