@@ -6,8 +6,11 @@ worth, with one extra input that says how they were trained or arranged.
   separate gammas for weights, activations and KV cache; here one precision input P (bits) and one gamma.
   gamma: LogNormal(log 3, 0.7) (a few bits: 16-bit training is near-lossless, 2-4 bits costs much).
 - `parscale` (Chen et al. 2025, "Parallel Scaling Law for Language Models", arXiv:2505.10475): P parallel
-  streams act like N (k log P + 1) parameters; L = E + (A / (N (k log P + 1)))^alpha. k: LogNormal(log 0.4, 1)
-  (the paper's fits give k of a few tenths). A: LogNormal(log 1e8, 5) (a parameter count), alpha exponent prior.
+  streams act like N (k log P + 1) parameters; L = E + (A / (N (k log P + 1)))^alpha, fitted as
+  E + c N_eff^-alpha with c = A^alpha: sampling log A, the exponent multiplied it, and the curved ridge between
+  them gave NUTS divergences; c is pivoted like Chinchilla's coefficients (`Param.pivot`). A = c^(1/alpha).
+  k: LogNormal(log 0.4, 1) (the paper's fits give k of a few tenths). c: LogNormal(log 50, 3) (A of order
+  1e8 parameters and alpha 0.2-0.3 give c ~ 40-250), alpha exponent prior.
 - `moe` (Clark et al. 2022, "Unified Scaling Laws for Routed Language Models", arXiv:2202.01169, eq. 7 and
   the saturating transform of eq. 9): log L = a log N + b log E' + c log N log E' + d with
   1/E' = 1 / (E - 1 + (1/(E_start - 1) - 1/E_max)^-1) + 1/E_max, for E experts (input `experts`; E' ~ E for few experts,
@@ -64,7 +67,7 @@ PRECISION = Law(
 
 def _parscale_mean(p, x):
     capacity = x["N"] * (p["k"] * jnp.log(x["P"]) + 1.0)
-    return p["E"] + jnp.exp(p["alpha"] * (jnp.log(p["A"]) - jnp.log(capacity)))
+    return p["E"] + _term(p["c"], p["alpha"], capacity)
 
 
 PARSCALE = Law(
@@ -72,13 +75,14 @@ PARSCALE = Law(
     inputs=("N", "P"),
     params={
         "E": Param(priors.below_min_output, "irreducible loss, nats/token"),
-        "A": Param(dist.LogNormal(jnp.log(1e8), 5.0), "parameter scale of the law"),
+        "c": Param(priors.coefficient(50.0, 3.0), "coefficient: c = A^alpha in Chen et al.'s (A / N_eff)^alpha",
+                   pivot=("N", "alpha")),
         "alpha": Param(priors.exponent(), "exponent of effective parameters"),
         "k": Param(dist.LogNormal(jnp.log(0.4), 1.0), "worth of parallel streams: N_eff = N (k log P + 1)"),
     },
     mean=_parscale_mean,
     description="parallel scaling: P parallel streams act as N (k log P + 1) parameters",
-    form="L = E + (A / (N (k log P + 1)))^alpha",
+    form="L = E + c (N (k log P + 1))^-alpha, i.e. (A / N_eff)^alpha with A = c^(1/alpha)",
     reference="Chen et al. 2025, arXiv:2505.10475",
 )
 
