@@ -35,6 +35,7 @@ def partial_fit():
     return bs.fit(grouped_table(), "chinchilla", group="corpus", shared=["alpha", "beta"], seed=0)
 
 
+@pytest.mark.slow  # shares one grouped NUTS fit (~40 s): the default run keeps the cheap checks
 def test_partial_pooling_recovers_each_group(partial_fit):
     fit = partial_fit
     assert fit.converged, fit.diagnostics.problems
@@ -54,6 +55,7 @@ def test_partial_pooling_recovers_each_group(partial_fit):
     assert np.mean(e[:, labels.index("web")] < e[:, labels.index("books")]) > 0.99
 
 
+@pytest.mark.slow  # shares one grouped NUTS fit (~40 s): the default run keeps the cheap checks
 def test_posterior_has_group_dimension_and_hyperparameters(partial_fit):
     posterior = partial_fit.data.posterior
     assert posterior["E"].dims == ("chain", "draw", "group")
@@ -63,6 +65,7 @@ def test_posterior_has_group_dimension_and_hyperparameters(partial_fit):
     assert posterior["alpha"].dims == ("chain", "draw")
 
 
+@pytest.mark.slow  # shares one grouped NUTS fit (~40 s): the default run keeps the cheap checks
 def test_prediction_at_fitted_and_new_groups(partial_fit):
     fit = partial_fit
     at = pd.DataFrame({"N": [7e10] * 3, "D": [1.4e12] * 3, "corpus": ["code", "web", "unseen"]})
@@ -78,6 +81,7 @@ def test_prediction_at_fitted_and_new_groups(partial_fit):
         fit.predict({"N": 7e10, "D": 1.4e12})
 
 
+@pytest.mark.slow  # shares one grouped NUTS fit (~40 s): the default run keeps the cheap checks
 def test_save_and_load_keep_the_grouping(partial_fit, tmp_path):
     path = partial_fit.save(tmp_path / "grouped.nc")
     loaded = bs.load(path)
@@ -150,6 +154,7 @@ def test_partial_pooling_borrows_strength_for_a_small_group():
     assert widths["partial"] < 0.75 * widths["independent"], widths
 
 
+@pytest.mark.slow  # shares one grouped NUTS fit (~40 s): the default run keeps the cheap checks
 def test_cli_predicts_at_a_group(partial_fit, tmp_path, capsys):
     import json
 
