@@ -22,7 +22,6 @@ priors are widened, a Laplace estimate far from the bridge one).
 from __future__ import annotations
 
 import dataclasses
-
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -176,9 +175,8 @@ def _subset(runs: Runs, keep: np.ndarray) -> Runs:
     """The runs where `keep` is True, with group codes and run-order links (`prev`) carried over."""
     prev = None
     if runs.prev is not None:
-        new_index = np.cumsum(keep) - 1
-        kept_prev = runs.prev[keep]
-        prev = np.where((kept_prev >= 0) & keep[np.maximum(kept_prev, 0)], new_index[np.maximum(kept_prev, 0)], -1)
+        before = np.maximum(runs.prev[keep], 0)  # a run's first point: any valid index, masked below
+        prev = np.where((runs.prev[keep] >= 0) & keep[before], (np.cumsum(keep) - 1)[before], -1)
     return dataclasses.replace(
         runs,
         x={k: v[keep] for k, v in runs.x.items()},

@@ -370,8 +370,7 @@ def evidence_report(fit, *, seed: int = 0, cross_check: bool = True, widen_facto
 
 def prior_sensitivity(fit, evidence: Evidence, posterior, target: Density, factor: float = 2.0):
     """Evidence with widened priors (see `widen_prior`), reweighting the fit's own posterior draws."""
-    from bayescale.fit import model_inputs
-    from bayescale.model import law_model
+    from bayescale.fit import model_for, model_inputs
 
     args, kwargs = model_inputs(fit.runs)
     overrides, kept = widened_priors(fit.law, fit.likelihood, args[1], factor)
@@ -379,10 +378,5 @@ def prior_sensitivity(fit, evidence: Evidence, posterior, target: Density, facto
     wide_likelihood = fit.likelihood.with_priors(overrides)
     if wide_law is fit.law:
         wide_law = dataclasses.replace(fit.law)  # a distinct object: law_model memoises by identity
-    if fit.grouping is not None:
-        from bayescale.grouping import grouped_law_model
-
-        model = grouped_law_model(wide_law, wide_likelihood, fit.grouping)
-    else:
-        model = law_model(wide_law, wide_likelihood)
+    model = model_for(wide_law, wide_likelihood, fit.grouping)
     return reweighted_log_z(target, density(model, args, kwargs), posterior, evidence.log_z, evidence.error), kept

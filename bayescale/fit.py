@@ -8,6 +8,7 @@ check fails. Everything random comes from one `seed`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +57,7 @@ class Fit:
     @property
     def model(self):
         """The NumPyro model this fit sampled."""
-        if self.grouping is not None:
-            return grouped_law_model(self.law, self.likelihood, self.grouping)
-        return law_model(self.law, self.likelihood)
+        return model_for(self.law, self.likelihood, self.grouping)
 
     def summary(self, **kwargs) -> pd.DataFrame:
         from bayescale.posterior import summary
@@ -78,6 +77,13 @@ class Fit:
     def __repr__(self) -> str:
         state = "converged" if self.converged else "NOT CONVERGED"
         return f"Fit(law={self.law.name!r}, likelihood={self.likelihood.family!r}, runs={len(self.runs)}, {state})"
+
+
+def model_for(law: Law, likelihood: Likelihood, grouping: Grouping | None = None):
+    """The NumPyro model of `law` and `likelihood`, grouped by `grouping` when there is one."""
+    if grouping is not None:
+        return grouped_law_model(law, likelihood, grouping)
+    return law_model(law, likelihood)
 
 
 def model_inputs(runs: Runs, mask=None) -> tuple[tuple, dict]:
@@ -215,8 +221,9 @@ def fit(
     if settings is None:
         # Hierarchical priors give NUTS a funnel where the between-group spread is small; a smaller step
         # size (acceptance 0.99) removed the divergences that 0.95 left on simulated three-group data.
-        settings = SamplerSettings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                                   target_accept_prob=0.99 if group is not None else 0.95)
+        settings = SamplerSettings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains)
+        if group is not None:
+            settings = dataclasses.replace(settings, target_accept_prob=0.99)
 
     if likelihood.family == "ar1" and sequence is None and not (isinstance(data, Runs) and data.prev is not None):
         raise DataError("the ar1 likelihood needs the order of each run's points: fit(..., sequence=(run column, step column))")
@@ -227,9 +234,7 @@ def fit(
     if group is not None or runs.groups is not None:
         grouping = make_grouping(law, group or runs.group_column, pooling=pooling, shared=shared, scale=group_scale)
         _check_group_sizes(runs, law, grouping)
-        model = grouped_law_model(law, likelihood, grouping)
-    else:
-        model = law_model(law, likelihood)
+    model = model_for(law, likelihood, grouping)
     args, kwargs = model_inputs(runs)
     key_map, key_nuts, key_pred = jax.random.split(jax.random.PRNGKey(seed), 3)
 

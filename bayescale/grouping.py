@@ -12,11 +12,12 @@ are few or agree closely): with T the bijection from the real line onto the prio
 
     name_mu ~ the law's prior on `name`            (the centre, in the user's units)
     name_tau ~ HalfNormal(scale)                    (the spread between groups, unconstrained scale)
-    name[g] = T_g(T^-1(name_mu) + name_tau * z_g),  z_g ~ Normal(0, 1)
+    name[g] = T(T^-1(name_mu) + name_tau * z_g),    z_g ~ Normal(0, 1)
 
 For a positive parameter T = exp, so `name_tau` is the spread of log(name) between groups: 0.1 means about
-10%. Priors that depend on the data use each group's own data in T_g (the irreducible loss E lies below that
-group's smallest loss) and all groups' data for the centre. A new group, not in the fit, is predicted by a
+10%. A parameter whose prior is an interval (l, b) is pooled on log(name - l), truncated above at each
+group's own bound: priors that depend on the data read each group's data there (the irreducible loss E
+lies below that group's smallest loss), and the loosest group's bound for the centre (`pooled_value`). A new group, not in the fit, is predicted by a
 fresh z from the same distribution (`group_params`), with the pooled data's bounds.
 
     fit(table, "chinchilla", group="dataset", shared=["alpha", "beta"])           # partial pooling of E, A, B
@@ -33,10 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions.transforms import AffineTransform, ExpTransform, biject_to
+from numpyro.distributions.transforms import biject_to
 
 from bayescale.law import Law, resolve_prior
 from bayescale.likelihood import Likelihood
+from bayescale.model import sample_pivoted
 
 POOLING_LEVELS = ("partial", "independent", "shared")
 
@@ -122,10 +124,7 @@ def _pivot_shift(law: Law, name: str, values: Mapping, centres: Mapping, x, cent
 
 
 def _sample_value(site: str, prior, shift):
-    if shift is None:
-        return numpyro.sample(site, prior)
-    log_prior = dist.TransformedDistribution(prior, [ExpTransform().inv, AffineTransform(-shift, 1.0)])
-    return numpyro.deterministic(site, jnp.exp(numpyro.sample(f"_log_{site}_at_ref", log_prior) + shift))
+    return numpyro.sample(site, prior) if shift is None else sample_pivoted(site, prior, shift)
 
 
 def _is_interval(support) -> bool:

@@ -52,14 +52,16 @@ def sample_params(law: Law, stats, x=None, mask=None) -> dict:
             continue
         source, exponent = p.pivot
         shift = params[exponent] * _log_reference(x[source], mask)
-        # log A_ref = log A - exponent * log x_ref: a shift with unit Jacobian, so the density of the new
-        # site is the declared prior on A carried through log and the shift.
-        prior = dist.TransformedDistribution(
-            resolve_prior(p.prior, stats), [ExpTransform().inv, AffineTransform(-shift, 1.0)]
-        )
-        log_at_ref = numpyro.sample(pivot_site(name), prior)
-        params[name] = numpyro.deterministic(name, jnp.exp(log_at_ref + shift))
+        params[name] = sample_pivoted(name, resolve_prior(p.prior, stats), shift)
     return params
+
+
+def sample_pivoted(name: str, prior, shift):
+    """A coefficient sampled as log A_ref = log A - shift (site `pivot_site(name)`) and recorded as A.
+    The shift (exponent x log x_ref) has unit Jacobian, so the new site's density is the declared prior on
+    A carried through log and the shift."""
+    log_prior = dist.TransformedDistribution(prior, [ExpTransform().inv, AffineTransform(-shift, 1.0)])
+    return numpyro.deterministic(name, jnp.exp(numpyro.sample(pivot_site(name), log_prior) + shift))
 
 
 def law_model(law: Law, likelihood: Likelihood):

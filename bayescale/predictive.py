@@ -50,27 +50,25 @@ def predict(fit, at: Mapping[str, float | Sequence[float]] | pd.DataFrame, *, se
     A grouped fit needs the group of each point in `at` (its group column): a fitted group uses that
     group's parameters; a group the fit has not seen gets parameters drawn from the fitted between-group
     distribution (partial pooling only), so its interval includes the spread between setups."""
-    column = fit.grouping.column if fit.grouping is not None else None
-    if column is not None and isinstance(at, pd.DataFrame):
-        points = points_from_mapping(at.drop(columns=[column], errors="ignore"), fit.law)
-    elif column is not None:
-        points = points_from_mapping({k: v for k, v in at.items() if k != column}, fit.law)
-    else:
+    key = jax.random.PRNGKey(seed)
+    if fit.grouping is None:
         points = points_from_mapping(at, fit.law)
+    else:
+        frame = at if isinstance(at, pd.DataFrame) else pd.DataFrame({k: np.atleast_1d(v) for k, v in at.items()})
+        points = points_from_mapping(frame.drop(columns=[fit.grouping.column], errors="ignore"), fit.law)
     samples = draws(fit)
     if fit.law.numpyro_model is not None:
         return _predict_raw_model(fit, points, samples, seed)
-    key_group, seed_key = jax.random.split(jax.random.PRNGKey(seed))
     if fit.grouping is not None:
-        samples, points = _at_groups(fit, at, points, samples, key_group)
+        key_group, key = jax.random.split(key)
+        samples, points = _at_groups(fit, frame, points, samples, key_group)
     mean = law_mean_draws(fit.law, samples, points.x)
     noise = {k: samples[k] for k in fit.likelihood.param_names}
-    new_run = np.asarray(fit.likelihood.sample_new(seed_key if fit.grouping else jax.random.PRNGKey(seed),
-                                                   jnp.asarray(mean), noise))
+    new_run = np.asarray(fit.likelihood.sample_new(key, jnp.asarray(mean), noise))
     return Prediction(points=points.to_frame().reset_index(drop=True), mean=mean, new_run=new_run, output=fit.runs.output)
 
 
-def _at_groups(fit, at, points, samples, key):
+def _at_groups(fit, frame: pd.DataFrame, points, samples, key):
     """Each point's parameters in a grouped fit (see `bayescale.grouping.group_params`)."""
     import dataclasses
 
@@ -79,7 +77,6 @@ def _at_groups(fit, at, points, samples, key):
     from bayescale.runs import DataError
 
     column = fit.grouping.column
-    frame = at if isinstance(at, pd.DataFrame) else pd.DataFrame({k: np.atleast_1d(v) for k, v in at.items()})
     if column not in frame.columns:
         raise DataError(f"this fit is grouped by {column!r}: give each point's group in column {column!r} "
                         f"(fitted groups: {', '.join(map(str, fit.runs.group_labels))}; any other name is a new group)")
