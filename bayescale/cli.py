@@ -245,7 +245,8 @@ def cmd_fit_downstream(args) -> int:
         result = downstream.fit_downstream(
             args.data, tasks=tasks, loss_law=args.law, link=args.link, loss_column=args.loss,
             columns=parse_columns(args.column), items=items, chance=chance, likelihood=args.likelihood,
-            metric_likelihood=args.metric_likelihood, pooling=args.pooling, num_warmup=args.warmup,
+            metric_likelihood=args.metric_likelihood, pooling=args.pooling,
+            shared=[n for item in args.shared or [] for n in item.split(",") if n], num_warmup=args.warmup,
             num_samples=args.draws, num_chains=args.chains, seed=args.seed,
         )
     for w in caught:
@@ -274,6 +275,21 @@ def cmd_predict_downstream(args) -> int:
     if args.json:
         _json({"converged": result.converged, "output": result.link.output, "tasks": list(result.tasks),
                "rows": table.to_dict(orient="records")})
+    else:
+        _print_table(table)
+    return 0
+
+
+def cmd_compare_links(args) -> int:
+    from bayescale import downstream
+    from bayescale.link_comparison import compare_links
+
+    fits = {Path(f).stem: downstream.load_downstream(f) for f in args.fits}
+    if len(fits) != len(args.fits):
+        raise ValueError("fit files must have distinct names (stems): they name the rows")
+    table = compare_links(fits, held_out=args.held_out, future=not args.no_future)
+    if args.json:
+        _json(table.to_dict(orient="index"))
     else:
         _print_table(table)
     return 0
@@ -369,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
     p.add_argument("--metric-likelihood", default="auto", choices=["auto", "binomial", "beta_binomial", "beta"])
     p.add_argument("--pooling", default="partial", choices=["partial", "none"])
+    p.add_argument("--shared", action="append", metavar="PARAM[,PARAM...]", help="link parameter(s) with one value for all tasks")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--draws", type=int, default=1000)
@@ -385,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict_downstream)
+
+    p = sub.add_parser("compare-links", help="compare downstream fits' links: PSIS-LOO and leave-future-out score")
+    p.add_argument("fits", nargs="+", help="downstream fit files (from `bayescale fit-downstream --out`) of the same runs")
+    p.add_argument("--held-out", type=int, default=1, help="runs with the lowest loss whose accuracies are held out (default 1)")
+    p.add_argument("--no-future", action="store_true", help="LOO only: skip the leave-future-out refits")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare_links)
 
     p = sub.add_parser("prior-check", help="prior predictive check: prior bands at the runs against the data")
     p.add_argument("data", help="CSV, TSV or Parquet table of runs")

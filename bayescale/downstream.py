@@ -21,6 +21,11 @@ a link law (input "L", output a metric, e.g. "link_exponential": Err = eps - k e
   link at that loss for every task (`metric`), a new evaluation of it (`new_run`, with the task's item and
   extra-binomial noise), and the average over tasks, all as draws (`DownstreamPrediction`).
 
+Which link? Per-task exponentials keep accelerating beyond the data; the sigmoid saturates at a ceiling.
+`bayescale.link_comparison.compare_links` scores chains on the fitted runs alone (PSIS-LOO over the
+accuracies, and a leave-future-out refit without the largest runs' accuracies). On Gadre et al.'s
+over-training runs both scores prefer `link_sigmoid` (notebooks/03_downstream.ipynb).
+
 Inference reuses the engine: `bayescale.map_estimate` for the MAP, `bayescale.inference.run_nuts` from
 around it, `bayescale.diagnostics.check_convergence` (loud `ConvergenceWarning`).
 """
@@ -495,6 +500,9 @@ def fit_downstream(
     """Fit loss law and link to one table of runs: inputs of the loss law (N, D, ...; `columns` maps them),
     a `loss_column` and one accuracy column per task in `tasks` (fractions; empty cells are missing).
 
+    `link`: a link law with input "L" ("link_exponential", "link_sigmoid", ...; see
+    `bayescale.link_comparison` to choose one on the fitted runs).
+
     `items`/`chance`: per task (keyed by task column); `task_metadata` reads them from an eval metadata table.
     `metric_likelihood`: "auto" (Beta-Binomial with items, Beta without), "binomial", "beta_binomial",
     "beta". `pooling`: "partial" (hierarchical link across tasks) or "none" (each task on its own).
@@ -647,11 +655,20 @@ def summary_downstream(fit: DownstreamFit, quantiles=(0.05, 0.5, 0.95)) -> pd.Da
 
 
 # --------------------------------------------------------- persistence ----
-def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
-    """One NetCDF file: the DataTree with the chain's description as JSON in the root attribute
-    `bayescale_downstream`. Laws are stored by name (catalogue or `register_law`)."""
+def _changed_priors(law: Law) -> dict[str, Any]:
+    """Priors that differ from the catalogue's declaration of `law` (all of them for a law not in it)."""
+    from bayescale.law import laws
     from bayescale.persistence import prior_to_json
 
+    declared = laws().get(law.name)
+    return {name: prior_to_json(p.prior) for name, p in law.params.items()
+            if declared is None or name not in declared.params or p.prior is not declared.params[name].prior}
+
+
+def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
+    """One NetCDF file: the DataTree with the chain's description as JSON in the root attribute
+    `bayescale_downstream`. Laws are stored by name: catalogue laws and laws registered with
+    `bayescale.register_law` load by themselves; any other law is passed to `load_downstream`."""
     path = Path(path)
     spec = fit.spec
     meta = {
@@ -669,10 +686,7 @@ def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
         "settings": fit.settings.to_dict(),
         "seed": fit.seed,
         "map": fit.map,
-        "priors": {
-            name: prior_to_json(p.prior) for law in (spec.loss_law, spec.link) for name, p in law.params.items()
-            if p.prior is not get_law(law.name).params[name].prior
-        },
+        "priors": {**_changed_priors(spec.loss_law), **_changed_priors(spec.link)},
     }
     dt = fit.data.copy()
     dt.attrs["bayescale_downstream"] = json.dumps(meta)
@@ -690,14 +704,29 @@ def is_downstream_file(path: str | Path) -> bool:
     return "bayescale_downstream" in dt.attrs
 
 
-def load_downstream(path: str | Path) -> DownstreamFit:
+def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law | None = None) -> DownstreamFit:
+    """A saved downstream fit. `loss_law` / `link`: the Law objects, for laws that are neither in the
+    catalogue nor registered (`bayescale.register_law`); they must carry the saved names."""
     from bayescale.persistence import prior_from_json, read_fit_file
 
     path = Path(path)
     dt, meta = read_fit_file(path, "bayescale_downstream", "downstream fit")
     priors = {k: prior_from_json(v) for k, v in meta["priors"].items()}
     priors = {k: v for k, v in priors.items() if v is not None}
-    loss_law, link = get_law(meta["loss_law"]), get_law(meta["link"])
+
+    def law_of(given: Law | None, role: str) -> Law:
+        name = meta[role]
+        if given is None:
+            try:
+                return get_law(name)
+            except KeyError:
+                raise KeyError(f"{path}: the {role.replace('_', ' ')} {name!r} is not in the catalogue; pass it: "
+                               f"load_downstream(path, {role}=<the Law>)") from None
+        if given.name != name:
+            raise ValueError(f"{path} was fitted with {role.replace('_', ' ')} {name!r}, not {given.name!r}")
+        return given
+
+    loss_law, link = law_of(loss_law, "loss_law"), law_of(link, "link")
     loss_law = loss_law.with_priors({k: v for k, v in priors.items() if k in loss_law.params})
     link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
     spec = ChainSpec(loss_law, link, Likelihood(**meta["loss_likelihood"]),

@@ -1,6 +1,7 @@
 """Downstream chain (bayescale.downstream): simulated-chain recovery with coverage, Binomial vs Beta
 likelihoods, masks for missing loss / metrics, input validation, and the real over-training reproduction."""
 
+import functools
 import warnings
 
 import numpy as np
@@ -196,6 +197,21 @@ def test_save_load_roundtrip(tmp_path, binomial_fit):
     np.testing.assert_allclose(a, b)
 
 
+def test_save_load_with_a_link_outside_the_catalogue(tmp_path, binomial_fit):
+    import dataclasses
+
+    own = dataclasses.replace(binomial_fit.link, name="my_exponential_link")
+    fit = dataclasses.replace(binomial_fit, spec=dataclasses.replace(binomial_fit.spec, link=own))
+    path = fit.save(tmp_path / "own.nc")
+    with pytest.raises(KeyError, match="load_downstream\\(path, link="):
+        ds.load_downstream(path)
+    with pytest.raises(ValueError, match="my_exponential_link"):
+        ds.load_downstream(path, link=binomial_fit.link)
+    loaded = ds.load_downstream(path, link=own)
+    assert loaded.link is not None and loaded.link.name == "my_exponential_link"
+    np.testing.assert_allclose(loaded.predict({"N": 1e9, "D": 2e10}).average, binomial_fit.predict({"N": 1e9, "D": 2e10}).average)
+
+
 def test_link_laws_listed():
     catalogue = bayescale.laws()
     for name, output in (("link_exponential", "error"), ("link_sigmoid", "accuracy"),
@@ -226,20 +242,11 @@ GADRE_TASKS = [f"acc_{t}" for t in (
     "hellaswag copa squad piqa").split()]
 
 
-# Measured on this data (4 x 1000 + 1000, seed 0, median relative error of the 17-task average, 1.4B x32 /
-# 6.9B x1): partial pooling -13.4% / -23.1% (6.9B outside the 90% interval); shared gamma -9.8% / -18.0%;
-# shared gamma with Beta instead of Beta-Binomial -4.5% / -11.9%. Gadre et al.'s single exponential fitted to
-# the average: +2.7% / -1.0%. The per-task posteriors want a decay rate gamma ~ 1.3-1.4 per nat where the
-# average curve has 0.72: a sum of per-task exponentials fitted to six ladder runs falls faster beyond them
-# than the average does. The requirement (within 4%) is not met: these tests record it.
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="17-task average predicted 10-23% too low (see the comment above)")
-@pytest.mark.parametrize("pooling,shared", [("partial", ()), ("partial", ("gamma",)), ("none", ())])
-def test_overtrain_downstream_reproduction(pooling, shared):
-    """Gadre et al.'s downstream experiment (../shared/data/README.md): fit the five small RedPajama runs and
-    the 1.4B run at multiplier 1; the 17-task average top-1 error of the 1.4B run at multiplier 32 and the
-    6.9B run at multiplier 1 within 4% (posterior median) and inside the 90% interval. Loss law: Gadre's
-    tied-exponent law with the noise prior of tests/test_overtrain.py."""
+@functools.lru_cache(maxsize=None)
+def gadre_chain(link: str, pooling: str):
+    """Gadre et al.'s downstream experiment (../shared/data/README.md) in the chained model: the five small
+    RedPajama runs and the 1.4B run at multiplier 1 fitted (tied-exponent loss law, with the noise prior of
+    tests/test_overtrain.py); returns the fit and the two targets (1.4B x32, 6.9B x1)."""
     import os
 
     import numpyro.distributions as dist
@@ -253,15 +260,63 @@ def test_overtrain_downstream_reproduction(pooling, shared):
     targets = rpj[((n > 1e9) & (n < 2e9) & (m == 32.0)) | (n > 5e9)]
     assert len(fit_set) == 6 and len(targets) == 2
     items, chance = ds.task_metadata(f"{OVERTRAIN}/eval_metadata.csv", GADRE_TASKS)
-    chain = ds.fit_downstream(fit_set, tasks=GADRE_TASKS, loss_law="overtrain", loss_column="loss_c4_val",
-                              columns={"N": "N_params", "D": "D_tokens"}, items=items, chance=chance,
-                              pooling=pooling, shared=shared, priors={"sigma": dist.HalfNormal(0.02)},
-                              settings=bs.SamplerSettings(num_warmup=1000, num_samples=1000, target_accept_prob=0.99))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chain = ds.fit_downstream(fit_set, tasks=GADRE_TASKS, loss_law="overtrain", link=link, loss_column="loss_c4_val",
+                                  columns={"N": "N_params", "D": "D_tokens"}, items=items, chance=chance,
+                                  pooling=pooling, priors={"sigma": dist.HalfNormal(0.02)},
+                                  settings=bs.SamplerSettings(num_warmup=2000, num_samples=1000, target_accept_prob=0.99))
+    return chain, targets
+
+
+def gadre_forecast(link: str, pooling: str):
+    """The 17-task average top-1 error of the two targets: (5%, 50%, 95% quantiles, measured values)."""
+    chain, targets = gadre_chain(link, pooling)
     prediction = chain.predict({"N": targets.N_params.to_numpy(), "D": targets.D_tokens.to_numpy()})
+    error = prediction.average_new_run if prediction.output == "error" else 1 - prediction.average_new_run
     true = 1 - targets[GADRE_TASKS].mean(axis=1).to_numpy()
-    lo, median, hi = np.quantile(prediction.average_new_run, [0.05, 0.5, 0.95], axis=0)
+    return (*np.quantile(error, [0.05, 0.5, 0.95], axis=0), true)
+
+
+# Measured (4 x 2000 + 1000, seed 0; median relative error of the 17-task average error, 1.4B x32 / 6.9B x1),
+# see notebooks/03_downstream.ipynb. The sigmoid link with partial pooling, which bayescale.link_comparison
+# picks on the six fitted runs alone: +4.6% / +2.4%, both inside the 90% interval; each task separately
+# (sigmoid): about +4% / +2%. The exponential link per task: -13% / -22%, the 6.9B run outside its interval.
+# Gadre et al.'s one exponential on the average: +4.0% / +0.4%. The 4% requirement is met at 6.9B, and missed
+# at 1.4B x32 by about half a point: these tests record it.
+@pytest.mark.slow
+@pytest.mark.parametrize("link,pooling", [
+    pytest.param("link_sigmoid", "partial", marks=pytest.mark.xfail(
+        strict=False, reason="1.4B x32 average predicted +4.3% to +4.7% (4% required); 6.9B within 2.5%")),
+    pytest.param("link_exponential", "partial", marks=pytest.mark.xfail(
+        strict=True, reason="per-task exponentials extrapolate too fast: -13% / -22%")),
+])
+def test_overtrain_downstream_reproduction(link, pooling):
+    """The issue's requirement: posterior medians within 4% of the measured averages, inside the 90% intervals."""
+    lo, median, hi, true = gadre_forecast(link, pooling)
     assert np.all(np.abs(median - true) / true < 0.04), (median, true)
     assert np.all((lo <= true) & (true <= hi)), (lo, hi, true)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling", ["partial", "none"])
+def test_overtrain_downstream_sigmoid_covers_both_targets(pooling):
+    """The chosen link (sigmoid, per task) keeps both targets inside its 90% intervals and within 6%, with
+    each task fitted separately too (the issue's second report)."""
+    lo, median, hi, true = gadre_forecast("link_sigmoid", pooling)
+    assert np.all((lo <= true) & (true <= hi)), (lo, hi, true)
+    assert np.all(np.abs(median - true) / true < 0.06), (median, true)
+
+
+@pytest.mark.slow
+def test_link_choice_on_the_fitted_runs_prefers_the_sigmoid():
+    """Without the targets: PSIS-LOO over the 102 fitted accuracies and the leave-future-out score (the 1.4B
+    x1 run's accuracies held out and refitted without) both rank the sigmoid above the exponential."""
+    from bayescale.link_comparison import compare_links
+
+    table = compare_links({link: gadre_chain(link, "partial")[0] for link in ("link_sigmoid", "link_exponential")})
+    assert table.index[0] == "link_sigmoid", table
+    assert table.loc["link_sigmoid", "elpd_loo"] > table.loc["link_exponential", "elpd_loo"], table
 
 
 def test_shared_link_parameter_is_one_value_for_all_tasks(simulated):

@@ -1,0 +1,151 @@
+"""Choosing a link law for downstream metrics: which curve from loss to accuracy to trust beyond the data.
+
+Two link laws can fit a ladder's accuracies equally well and still part ways beyond it (an exponential
+decay of error keeps accelerating; a sigmoid between the chance level and a ceiling saturates). Two scores,
+both computed on the fitted runs only, tell them apart:
+
+- `elpd_loo`: PSIS-LOO (ArviZ `az.loo`) over every observed (task, run) accuracy: how well the chain
+  predicts one left-out evaluation. It rewards the fit inside the ladder.
+- the leave-future-out score (`holdout_score`): the accuracies of the `held_out` runs with the lowest
+  measured loss (the largest models) are masked, the chain is refitted on the rest (their losses stay in:
+  they inform the loss law), and the masked accuracies are scored exactly: held-out log predictive density
+  (`elpd_future`, summed over tasks and runs) and the relative error of the posterior median of the task
+  average. It rewards what a scaling forecast needs: extrapolation to lower loss.
+
+`compare_links({name: DownstreamFit})` puts both in one table, best `elpd_future` first. All fits must be
+to the same runs and tasks, under metric likelihoods on the same scale (the Beta likelihood scores a
+density of fractions, the Binomial families a probability of counts: their elpds cannot be compared).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping
+
+import arviz as az
+import jax
+import numpy as np
+import pandas as pd
+from jax.scipy.special import logsumexp
+
+from bayescale.inference import SamplerSettings
+
+
+def loo_metric(fit) -> dict[str, float]:
+    """PSIS-LOO over the observed (task, run) accuracies of a downstream fit (masked cells left out)."""
+    observed = np.asarray(fit.runs.metric_mask)
+    ll = np.asarray(fit.data.log_likelihood["metric"])  # (chains, draws, tasks, runs)
+    ll = ll.reshape(*ll.shape[:2], -1)[..., observed.ravel()]
+    # A cell whose log-likelihood is the same in every draw (a count of 0 at a probability clipped to ~0)
+    # is predicted exactly without it: its LOO density is that value. PSIS cannot smooth a constant.
+    constant = np.ptp(ll, axis=(0, 1)) < 1e-9
+    elpd_i = ll[0, 0].copy()
+    k = np.zeros(ll.shape[-1])
+    good_k = 0.7
+    if (~constant).any():
+        varying = ll[..., ~constant]
+        data = az.from_dict({"posterior": {"_": np.zeros(varying.shape[:2])}, "log_likelihood": {"metric": varying}},
+                            dims={"metric": ["observation"]})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # bad Pareto k are reported as columns instead
+            result = az.loo(data, var_name="metric", pointwise=True)
+        elpd_i[~constant] = np.asarray(result.elpd_i)
+        k[~constant] = np.asarray(result.pareto_k)
+        good_k = float(result.good_k)
+    return {"elpd_loo": float(elpd_i.sum()), "elpd_loo_se": float(np.sqrt(len(elpd_i)) * np.std(elpd_i)),
+            "pareto_k_max": float(np.max(k)), "n_bad_k": int(np.sum(k > good_k)), "observations": int(observed.sum())}
+
+
+def future_runs(runs, held_out: int) -> np.ndarray:
+    """Indices of the `held_out` runs with accuracies and the lowest measured loss (the largest models)."""
+    if held_out < 1:
+        raise ValueError(f"held_out must be at least 1 run; got {held_out}")
+    candidates = np.flatnonzero(runs.loss_mask & runs.metric_mask.any(axis=0))
+    if len(candidates) <= held_out + 1:
+        raise ValueError(
+            f"only {len(candidates)} runs have both a loss and accuracies: holding out {held_out} leaves too few "
+            f"to fit the link"
+        )
+    return candidates[np.argsort(runs.loss[candidates])[:held_out]]
+
+
+def holdout_score(fit, held_out: int = 1, *, seed: int | None = None, settings: SamplerSettings | None = None) -> dict:
+    """Leave-future-out score of a downstream fit's link (see the module docstring). The refit uses the
+    fit's laws, likelihoods, pooling and sampler settings unless `settings` is given."""
+    from bayescale import downstream as ds
+
+    runs = fit.runs
+    future = future_runs(runs, held_out)
+    accuracy = runs.accuracy.copy()
+    accuracy[:, future] = np.nan
+    past = dataclasses.replace(runs, accuracy=accuracy)
+    spec = fit.spec
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the refit's convergence is reported in the result
+        refit = ds.fit_downstream(
+            past, loss_law=spec.loss_law, link=spec.link, likelihood=spec.loss_likelihood,
+            metric_likelihood=spec.metric_likelihood, pooling=spec.pooling, shared=spec.shared,
+            settings=settings or fit.settings, seed=fit.seed if seed is None else seed,
+        )
+    # Exact held-out density: every posterior draw of the refit scores the masked accuracies.
+    model = ds.chain_model(refit.spec)
+    args, kwargs = ds.model_inputs(runs, refit.spec.metric_likelihood)
+    samples = ds._draws(refit)
+    ll = np.asarray(ds._pointwise_log_likelihood(model, {k: jax.numpy.asarray(v) for k, v in samples.items()},
+                                                 args, kwargs)["metric"])      # (draws, tasks, runs)
+    cells = ll[:, :, future][:, runs.metric_mask[:, future]]                   # (draws, observed held-out)
+    elpd_cells = np.asarray(logsumexp(cells, axis=0)) - np.log(len(cells))
+
+    at = {k: v[future] for k, v in runs.x.items()}
+    prediction = refit.predict(at, loss=runs.loss[future], seed=refit.seed)
+    observed = runs.metric_mask[:, future]
+    measured = np.array([np.nanmean(np.where(observed[:, j], runs.accuracy[:, r], np.nan))
+                         for j, r in enumerate(future)])
+    # Average over the tasks each held-out run has: draws of the same tasks, on the accuracy scale.
+    draws = np.stack([prediction.new_run[t] for t in runs.tasks], axis=1)   # (draws, tasks, runs)
+    if prediction.output == "error":
+        draws = 1.0 - draws
+    average = np.nanmean(np.where(observed[None], draws, np.nan), axis=1)
+    lo, median, hi = np.quantile(average, [0.05, 0.5, 0.95], axis=0)
+    if prediction.output == "error":
+        measured, lo, median, hi = 1.0 - measured, 1.0 - hi, 1.0 - median, 1.0 - lo
+    return {
+        "held_out_runs": [str(runs.labels[r]) for r in future],
+        "elpd_future": float(elpd_cells.sum()),
+        "elpd_future_se": float(np.sqrt(len(elpd_cells)) * np.std(elpd_cells)),
+        "future_average_rel_error": float(np.max(np.abs((median - measured) / measured))),
+        "future_average_covered_90": bool(np.all((lo <= measured) & (measured <= hi))),
+        "future_refit_converged": bool(refit.converged),
+    }
+
+
+def compare_links(fits: Mapping[str, object], held_out: int = 1, *, future: bool = True) -> pd.DataFrame:
+    """One row per named downstream fit: PSIS-LOO over the observed accuracies and (when `future`) the
+    leave-future-out score of its link. Fits must be to the same runs and tasks. Sorted by `elpd_future`
+    (or `elpd_loo`), best first; `elpd_*_diff` is each row minus the best."""
+    if len(fits) < 1:
+        raise ValueError("give at least one downstream fit")
+    first = next(iter(fits.values()))
+    for name, fit in fits.items():
+        same = (fit.runs.tasks == first.runs.tasks and fit.runs.accuracy.shape == first.runs.accuracy.shape
+                and np.array_equal(fit.runs.accuracy, first.runs.accuracy, equal_nan=True))
+        if not same:
+            raise ValueError(f"fit {name!r} is not to the same runs and tasks as {next(iter(fits))!r}")
+        if (fit.spec.metric_likelihood.family == "beta") != (first.spec.metric_likelihood.family == "beta"):
+            raise ValueError(
+                f"fit {name!r} and {next(iter(fits))!r} score accuracies on different scales (a Beta density of "
+                f"fractions against probabilities of counts): compare links under the same metric likelihood"
+            )
+    rows = {}
+    for name, fit in fits.items():
+        row = {"link": fit.link.name, "pooling": fit.spec.pooling, "converged": bool(fit.converged)}
+        row.update(loo_metric(fit))
+        if future:
+            row.update(holdout_score(fit, held_out))
+        rows[name] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    key = "elpd_future" if future else "elpd_loo"
+    table = table.sort_values(key, ascending=False)
+    table[f"{key}_diff"] = table[key] - table[key].iloc[0]
+    return table

@@ -1,0 +1,117 @@
+"""Choosing a link (bayescale.link_comparison): PSIS-LOO over observed accuracies, and the leave-future-out
+score that refits without the largest runs' accuracies and scores them exactly."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayescale import downstream as ds
+from bayescale.link_comparison import compare_links, future_runs, holdout_score, loo_metric
+from tests.test_downstream import CHANCE, ITEMS, LOSS, small
+
+
+def simulate_sigmoid(seed=0, num_runs=14):
+    """Accuracies that saturate below 1 inside the ladder: a sigmoid from the chance level to a ceiling."""
+    rng = np.random.default_rng(seed)
+    N = np.exp(np.linspace(np.log(1e7), np.log(3e9), num_runs))
+    D = 20 * N
+    loss = (LOSS["E"] + LOSS["A"] / N ** LOSS["alpha"] + LOSS["B"] / D ** LOSS["beta"]) * np.exp(
+        0.01 * rng.standard_normal(num_runs))
+    ceil, k, L0 = np.array([0.8, 0.9, 0.6]), np.array([4.0, 3.0, 5.0]), np.array([3.2, 3.0, 3.3])
+    acc = CHANCE[:, None] + (ceil - CHANCE)[:, None] / (1 + np.exp(k[:, None] * (loss[None] - L0[:, None])))
+    counts = rng.binomial(ITEMS[:, None], acc)
+    table = pd.DataFrame({"N": N, "D": D, "loss": loss})
+    tasks = [f"acc_t{i}" for i in range(len(CHANCE))]
+    for i, name in enumerate(tasks):
+        table[name] = counts[i] / ITEMS[i]
+    return table, tasks
+
+
+def fit_link(table, tasks, link, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ds.fit_downstream(table, tasks=tasks, link=link, items=dict(zip(tasks, ITEMS)),
+                                 chance=dict(zip(tasks, CHANCE)), **small(**kw))
+
+
+def test_future_runs_are_the_lowest_loss_runs_with_accuracies():
+    from tests.test_downstream import simulate
+
+    table, tasks, _ = simulate()
+    table.loc[table["loss"].idxmin(), tasks] = np.nan       # the best run has no accuracies: not a candidate
+    runs = ds.downstream_runs(table, ds.get_law("chinchilla"), tasks=tasks)
+    picked = future_runs(runs, 2)
+    order = np.argsort(table["loss"].to_numpy())
+    assert list(picked) == list(order[1:3])
+    with pytest.raises(ValueError, match="at least 1"):
+        future_runs(runs, 0)
+    with pytest.raises(ValueError, match="too few"):
+        future_runs(runs, len(table) - 1)
+
+
+@pytest.fixture(scope="module")
+def exponential_fit():
+    """The simulated exponential chain of test_downstream, one accuracy missing, fitted with its true link."""
+    from tests.test_downstream import simulate
+
+    table, tasks, _ = simulate()
+    table.loc[0, tasks[0]] = np.nan
+    return fit_link(table, tasks, "link_exponential", metric_likelihood="binomial")
+
+
+def test_loo_over_observed_accuracies_only(exponential_fit):
+    result = loo_metric(exponential_fit)
+    assert result["observations"] == exponential_fit.runs.accuracy.size - 1
+    assert np.isfinite(result["elpd_loo"]) and result["elpd_loo_se"] > 0
+
+
+def test_holdout_score_of_the_true_link_covers_the_held_out_average(exponential_fit):
+    """Simulated exponential chain fitted with the exponential link: the two largest runs' accuracies,
+    masked and refitted without, are forecast within their 90% interval and within 3% on the average."""
+    score = holdout_score(exponential_fit, held_out=2)
+    assert len(score["held_out_runs"]) == 2
+    assert score["future_average_covered_90"], score
+    assert score["future_average_rel_error"] < 0.03, score
+    assert np.isfinite(score["elpd_future"])
+
+
+@pytest.mark.slow
+def test_leave_future_out_prefers_the_true_saturating_link():
+    """Accuracies from a sigmoid that saturates in the largest runs: an exponential in the error keeps
+    accelerating, so the leave-future-out score must rank the sigmoid first, by more than 2 se."""
+    table, tasks = simulate_sigmoid()
+    fits = {name: fit_link(table, tasks, name, metric_likelihood="binomial")
+            for name in ("link_sigmoid", "link_exponential")}
+    result = compare_links(fits, held_out=3)
+    assert result.index[0] == "link_sigmoid", result
+    gap = -result.loc["link_exponential", "elpd_future_diff"]
+    assert gap > 2 * result.loc["link_exponential", "elpd_future_se"], result
+    assert result.loc["link_sigmoid", "future_average_covered_90"], result
+
+
+def test_compare_links_needs_the_same_data(exponential_fit):
+    import dataclasses
+
+    fit = exponential_fit
+    other = dataclasses.replace(fit, runs=dataclasses.replace(fit.runs, accuracy=fit.runs.accuracy * 0.99))
+    with pytest.raises(ValueError, match="same runs"):
+        compare_links({"a": fit, "b": other}, future=False)
+    beta = dataclasses.replace(fit, spec=dataclasses.replace(fit.spec, metric_likelihood=ds.MetricLikelihood("beta")))
+    with pytest.raises(ValueError, match="different scales"):
+        compare_links({"a": fit, "b": beta}, future=False)
+    table = compare_links({"a": fit}, future=False)
+    assert list(table.columns[:3]) == ["link", "pooling", "converged"] and table["elpd_loo_diff"].iloc[0] == 0
+
+
+def test_cli_compare_links_loo_only(tmp_path, capsys, exponential_fit):
+    import json
+
+    from bayescale.cli import main
+
+    a = exponential_fit.save(tmp_path / "exponential.nc")
+    assert main(["compare-links", str(a), "--no-future", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"exponential"} and out["exponential"]["observations"] == exponential_fit.runs.accuracy.size - 1
+    assert main(["compare-links", str(tmp_path / "missing.nc")]) == 2
