@@ -12,6 +12,15 @@ from bayescale.link_comparison import compare_links, future_runs, holdout_score,
 from tests.test_downstream import CHANCE, ITEMS, LOSS, small
 
 
+SIGMOID = {"ceil": np.array([0.8, 0.9, 0.6]), "k": np.array([4.0, 3.0, 5.0]), "L0": np.array([3.2, 3.0, 3.3])}
+
+
+def sigmoid_accuracy(loss):
+    """True accuracy of each task (rows) at `loss` (columns)."""
+    ceil, k, L0 = (SIGMOID[n][:, None] for n in ("ceil", "k", "L0"))
+    return CHANCE[:, None] + (ceil - CHANCE[:, None]) / (1 + np.exp(k * (loss - L0)))
+
+
 def simulate_sigmoid(seed=0, num_runs=14):
     """Accuracies that saturate below 1 inside the ladder: a sigmoid from the chance level to a ceiling."""
     rng = np.random.default_rng(seed)
@@ -19,8 +28,7 @@ def simulate_sigmoid(seed=0, num_runs=14):
     D = 20 * N
     loss = (LOSS["E"] + LOSS["A"] / N ** LOSS["alpha"] + LOSS["B"] / D ** LOSS["beta"]) * np.exp(
         0.01 * rng.standard_normal(num_runs))
-    ceil, k, L0 = np.array([0.8, 0.9, 0.6]), np.array([4.0, 3.0, 5.0]), np.array([3.2, 3.0, 3.3])
-    acc = CHANCE[:, None] + (ceil - CHANCE)[:, None] / (1 + np.exp(k[:, None] * (loss[None] - L0[:, None])))
+    acc = sigmoid_accuracy(loss[None])
     counts = rng.binomial(ITEMS[:, None], acc)
     table = pd.DataFrame({"N": N, "D": D, "loss": loss})
     tasks = [f"acc_t{i}" for i in range(len(CHANCE))]
@@ -84,6 +92,15 @@ def test_leave_future_out_prefers_the_true_saturating_link():
     table, tasks = simulate_sigmoid()
     fits = {name: fit_link(table, tasks, name, metric_likelihood="binomial")
             for name in ("link_sigmoid", "link_exponential")}
+    # The sigmoid chain recovers each task's accuracy curve inside the data (2.4-4.5 nats) at 90%.
+    post = fits["link_sigmoid"].data.posterior
+    losses = np.array([2.6, 3.0, 3.5, 4.0])
+    draws = {n: np.asarray(post[n]).reshape(-1, len(tasks))[:, :, None] for n in ("floor", "ceil", "k", "L0")}
+    curve = draws["floor"] + (draws["ceil"] - draws["floor"]) / (1 + np.exp(draws["k"] * (losses - draws["L0"])))
+    lo, hi = np.quantile(curve, [0.05, 0.95], axis=0)
+    true = sigmoid_accuracy(losses[None])
+    assert np.sum((lo <= true) & (true <= hi)) >= 10, (lo, hi, true)   # 12 intervals; P(< 10) ~ 0.1 if calibrated
+
     result = compare_links(fits, held_out=3)
     assert result.index[0] == "link_sigmoid", result
     gap = -result.loc["link_exponential", "elpd_future_diff"]
