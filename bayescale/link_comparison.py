@@ -53,8 +53,14 @@ def loo_metric(fit) -> dict[str, float]:
         elpd_i[~constant] = np.asarray(result.elpd_i)
         k[~constant] = np.asarray(result.pareto_k)
         good_k = float(result.good_k)
-    return {"elpd_loo": float(elpd_i.sum()), "elpd_loo_se": float(np.sqrt(len(elpd_i)) * np.std(elpd_i)),
-            "pareto_k_max": float(np.max(k)), "n_bad_k": int(np.sum(k > good_k)), "observations": int(observed.sum())}
+    return {"elpd_loo": float(elpd_i.sum()), "elpd_loo_se": _se(elpd_i),
+            "pareto_k_max": float(np.max(k)), "n_bad_k": int(np.sum(k > good_k)), "observations": int(observed.sum()),
+            "pointwise_loo": elpd_i}
+
+
+def _se(pointwise) -> float:
+    """Standard error of a sum of pointwise elpds (as ArviZ reports it)."""
+    return float(np.sqrt(len(pointwise)) * np.std(pointwise))
 
 
 def future_runs(runs, held_out: int) -> np.ndarray:
@@ -113,17 +119,20 @@ def holdout_score(fit, held_out: int = 1, *, seed: int | None = None, settings: 
     return {
         "held_out_runs": [str(runs.labels[r]) for r in future],
         "elpd_future": float(elpd_cells.sum()),
-        "elpd_future_se": float(np.sqrt(len(elpd_cells)) * np.std(elpd_cells)),
+        "elpd_future_se": _se(elpd_cells),
         "future_average_rel_error": float(np.max(np.abs((median - measured) / measured))),
         "future_average_covered_90": bool(np.all((lo <= measured) & (measured <= hi))),
         "future_refit_converged": bool(refit.converged),
+        "pointwise_future": elpd_cells,
     }
 
 
 def compare_links(fits: Mapping[str, object], held_out: int = 1, *, future: bool = True) -> pd.DataFrame:
     """One row per named downstream fit: PSIS-LOO over the observed accuracies and (when `future`) the
     leave-future-out score of its link. Fits must be to the same runs and tasks. Sorted by `elpd_future`
-    (or `elpd_loo`), best first; `elpd_*_diff` is each row minus the best."""
+    (or `elpd_loo`), best first; `elpd_*_diff` is each row minus the best, and `elpd_*_diff_se` the standard
+    error of that difference from the paired pointwise values (the same cells score every fit), which is
+    what tells a real difference from noise."""
     if len(fits) < 1:
         raise ValueError("give at least one downstream fit")
     first = next(iter(fits.values()))
@@ -137,15 +146,20 @@ def compare_links(fits: Mapping[str, object], held_out: int = 1, *, future: bool
                 f"fit {name!r} and {next(iter(fits))!r} score accuracies on different scales (a Beta density of "
                 f"fractions against probabilities of counts): compare links under the same metric likelihood"
             )
-    rows = {}
+    rows, pointwise = {}, {}
     for name, fit in fits.items():
         row = {"link": fit.link.name, "pooling": fit.spec.pooling, "converged": bool(fit.converged)}
         row.update(loo_metric(fit))
         if future:
             row.update(holdout_score(fit, held_out))
+        pointwise[name] = {k: row.pop(f"pointwise_{k}") for k in ("loo", "future") if f"pointwise_{k}" in row}
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     key = "elpd_future" if future else "elpd_loo"
     table = table.sort_values(key, ascending=False)
-    table[f"{key}_diff"] = table[key] - table[key].iloc[0]
+    best = table.index[0]
+    for kind in pointwise[best]:
+        column = f"elpd_{kind}"
+        table[f"{column}_diff"] = table[column] - table.loc[best, column]
+        table[f"{column}_diff_se"] = [_se(pointwise[name][kind] - pointwise[best][kind]) for name in table.index]
     return table
