@@ -9,7 +9,7 @@ import pytest
 
 from bayescale import downstream as ds
 from bayescale.link_comparison import compare_links, future_runs, holdout_score, loo_metric
-from tests.test_downstream import CHANCE, ITEMS, LOSS, small
+from test_downstream import CHANCE, ITEMS, LOSS, small
 
 
 SIGMOID = {"ceil": np.array([0.8, 0.9, 0.6]), "k": np.array([4.0, 3.0, 5.0]), "L0": np.array([3.2, 3.0, 3.3])}
@@ -45,7 +45,7 @@ def fit_link(table, tasks, link, **kw):
 
 
 def test_future_runs_are_the_lowest_loss_runs_with_accuracies():
-    from tests.test_downstream import simulate
+    from test_downstream import simulate
 
     table, tasks, _ = simulate()
     table.loc[table["loss"].idxmin(), tasks] = np.nan       # the best run has no accuracies: not a candidate
@@ -62,7 +62,7 @@ def test_future_runs_are_the_lowest_loss_runs_with_accuracies():
 @pytest.fixture(scope="module")
 def exponential_fit():
     """The simulated exponential chain of test_downstream, one accuracy missing, fitted with its true link."""
-    from tests.test_downstream import simulate
+    from test_downstream import simulate
 
     table, tasks, _ = simulate()
     table.loc[0, tasks[0]] = np.nan
