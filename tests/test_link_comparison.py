@@ -75,6 +75,7 @@ def test_loo_over_observed_accuracies_only(exponential_fit):
     assert np.isfinite(result["elpd_loo"]) and result["elpd_loo_se"] > 0
 
 
+@pytest.mark.slow
 def test_holdout_score_of_the_true_link_covers_the_held_out_average(exponential_fit):
     """Simulated exponential chain fitted with the exponential link: the two largest runs' accuracies,
     masked and refitted without, are forecast within their 90% interval and within 3% on the average."""
