@@ -52,7 +52,7 @@ from numpyro.infer.util import log_likelihood
 
 from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
 from bayescale.inference import SamplerSettings, run_nuts
-from bayescale.law import Law, PriorSpec, data_stats, get_law, resolve_prior
+from bayescale.law import Law, PriorSpec, data_stats, get_law, laws, resolve_prior
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.map_estimate import map_estimate
 from bayescale.metric_likelihood import MetricLikelihood
@@ -657,7 +657,6 @@ def summary_downstream(fit: DownstreamFit, quantiles=(0.05, 0.5, 0.95)) -> pd.Da
 # --------------------------------------------------------- persistence ----
 def _changed_priors(law: Law) -> dict[str, Any]:
     """Priors that differ from the catalogue's declaration of `law` (all of them for a law not in it)."""
-    from bayescale.law import laws
     from bayescale.persistence import prior_to_json
 
     declared = laws().get(law.name)

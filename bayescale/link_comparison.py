@@ -100,22 +100,20 @@ def holdout_score(fit, held_out: int = 1, *, seed: int | None = None, settings: 
     samples = ds._draws(refit)
     ll = np.asarray(ds._pointwise_log_likelihood(model, {k: jax.numpy.asarray(v) for k, v in samples.items()},
                                                  args, kwargs)["metric"])      # (draws, tasks, runs)
-    cells = ll[:, :, future][:, runs.metric_mask[:, future]]                   # (draws, observed held-out)
+    observed = runs.metric_mask[:, future]
+    cells = ll[:, :, future][:, observed]                                       # (draws, observed held-out)
     elpd_cells = np.asarray(logsumexp(cells, axis=0)) - np.log(len(cells))
 
     at = {k: v[future] for k, v in runs.x.items()}
     prediction = refit.predict(at, loss=runs.loss[future], seed=refit.seed)
-    observed = runs.metric_mask[:, future]
-    measured = np.array([np.nanmean(np.where(observed[:, j], runs.accuracy[:, r], np.nan))
-                         for j, r in enumerate(future)])
-    # Average over the tasks each held-out run has: draws of the same tasks, on the accuracy scale.
-    draws = np.stack([prediction.new_run[t] for t in runs.tasks], axis=1)   # (draws, tasks, runs)
+    # The task average of each held-out run, over the tasks it has, on the link's output scale.
+    values = runs.accuracy[:, future]
     if prediction.output == "error":
-        draws = 1.0 - draws
+        values = 1.0 - values
+    measured = np.nanmean(np.where(observed, values, np.nan), axis=0)
+    draws = np.stack([prediction.new_run[t] for t in runs.tasks], axis=1)   # (draws, tasks, runs)
     average = np.nanmean(np.where(observed[None], draws, np.nan), axis=1)
     lo, median, hi = np.quantile(average, [0.05, 0.5, 0.95], axis=0)
-    if prediction.output == "error":
-        measured, lo, median, hi = 1.0 - measured, 1.0 - hi, 1.0 - median, 1.0 - lo
     return {
         "held_out_runs": [str(runs.labels[r]) for r in future],
         "elpd_future": float(elpd_cells.sum()),
