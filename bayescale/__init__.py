@@ -26,7 +26,7 @@ from bayescale.prior_predictive import PriorPredictive, prior_predictive  # noqa
 from bayescale.runs import DataError, Runs, read_table, runs_from_table  # noqa: E402
 from bayescale.evidence import Evidence, log_evidence  # noqa: E402
 from bayescale.compare import compare, format_notes  # noqa: E402
-from bayescale.averaging import average_predict  # noqa: E402
+from bayescale.averaging import average_downstream, average_predict  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -36,5 +36,5 @@ __all__ = [
     "fit", "get_law", "laws", "load", "load_example", "optimal_allocation", "predict", "read_table",
     "register_law", "runs_from_table", "save", "summary",
     "prior_predictive", "PriorPredictive",
-    "Evidence", "average_predict", "compare", "format_notes", "log_evidence",
+    "Evidence", "average_downstream", "average_predict", "compare", "format_notes", "log_evidence",
 ]

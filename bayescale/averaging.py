@@ -5,6 +5,10 @@
 model averaging: "evidence"), stacking weights ("stacking", Yao et al. 2018: better when no family is
 true), or given by the user. It returns the same `Prediction` as `bayescale.predict`, so quantiles, plots
 and anything else that takes a single fit's prediction take the averaged one.
+
+`average_downstream(fits, at, weights="stacking")` does the same for downstream chains with different link
+laws (`bayescale.downstream`): the weights are the links' stacking weights on the leave-future-out scores
+of `bayescale.link_comparison.compare_links`, and the result is a `DownstreamPrediction`.
 """
 
 from __future__ import annotations
@@ -77,21 +81,104 @@ def average_predict(
     used = [name for name, weight in zip(named, w) if weight > 0]
     total = int(num_draws or min(len(predictions[name].mean) for name in used))
     counts = mixture_counts(w, total)
-    rng = np.random.default_rng(seed)
-    means, new_runs = [], []
-    for (name, prediction), count in zip(predictions.items(), counts):
-        if count == 0:
-            continue
-        available = len(prediction.mean)
-        index = rng.choice(available, size=count, replace=count > available)
-        means.append(prediction.mean[index])
-        new_runs.append(prediction.new_run[index])
-    order = rng.permutation(total)
+    picks, order = mixture_draws(counts, [len(p.mean) for p in predictions.values()], np.random.default_rng(seed))
     return Prediction(
         points=_merged_points(predictions.values()),
-        mean=np.concatenate(means)[order],
-        new_run=np.concatenate(new_runs)[order],
+        mean=np.concatenate([p.mean[index] for p, index in zip(predictions.values(), picks)])[order],
+        new_run=np.concatenate([p.new_run[index] for p, index in zip(predictions.values(), picks)])[order],
         output=next(iter(predictions.values())).output,
+    )
+
+
+def mixture_draws(counts: np.ndarray, available: Sequence[int], rng: np.random.Generator):
+    """Which draws of each component make the mixture: `counts[k]` of component k's `available[k]` draws
+    (without replacement when there are enough), and a permutation `order` that shuffles the concatenated
+    picks, so any leading slice of the mixture's draws is itself a mixture."""
+    picks = [rng.choice(n, size=int(c), replace=c > n) for c, n in zip(counts, available)]
+    return picks, rng.permutation(int(np.sum(counts)))
+
+
+def average_downstream(
+    fits: Mapping[str, Any],
+    at,
+    weights: str | Mapping[str, float] = "stacking",
+    *,
+    comparison: pd.DataFrame | None = None,
+    loss: Sequence[float] | None = None,
+    held_out: int = 1,
+    num_draws: int | None = None,
+    seed: int = 0,
+):
+    """Downstream forecasts at `at` mixed across chains with different links (dict name -> DownstreamFit,
+    fitted to the same runs and tasks).
+
+    `weights`: "stacking" (the `stacking_weight` column of `comparison`, a
+    `bayescale.link_comparison.compare_links` table, computed with `held_out` when not given) or a dict
+    name -> weight. `loss=`: measured losses of the new runs, as in `DownstreamFit.predict`. Links with
+    different outputs (error and accuracy) are mixed as accuracy. Returns a `DownstreamPrediction`.
+    """
+    from bayescale.downstream import predict_downstream
+
+    named = dict(fits)
+    if not named:
+        raise ValueError("give at least one downstream fit")
+    tasks = {tuple(fit.runs.tasks) for fit in named.values()}
+    if len(tasks) != 1:
+        raise ValueError(f"the fits forecast different tasks: {sorted(tasks)}")
+    if isinstance(weights, str):
+        if weights != "stacking":
+            raise ValueError(f"downstream weights {weights!r}: choose 'stacking' or give a dict of weights")
+        if comparison is None:
+            from bayescale.link_comparison import compare_links
+
+            comparison = compare_links(named, held_out)
+        weights = model_weights(comparison, "stacking")
+    predictions = {name: predict_downstream(fit, at, seed=seed, loss=loss) for name, fit in named.items()}
+    return mix_downstream(predictions, weights, num_draws=num_draws, seed=seed)
+
+
+def mix_downstream(predictions: Mapping[str, Any], weights: Mapping[str, float], *, num_draws: int | None = None,
+                   seed: int = 0):
+    """The mixture of `DownstreamPrediction`s (name -> prediction, same points and tasks) with `weights`
+    (name -> weight, normalised; names left out get 0): loss, every task and the task average come from the
+    same draws of the same component, so their joint distribution is kept."""
+    from bayescale.downstream import DownstreamPrediction, correct_from_output
+
+    names = list(predictions)
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise KeyError(f"weights name unknown fits {unknown}; fits are {sorted(names)}")
+    w = np.array([float(weights.get(name, 0.0)) for name in names])
+    if np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
+        raise ValueError(f"model weights must be non-negative, finite and not all zero; got {dict(zip(names, w))}")
+    w = w / w.sum()
+    first = predictions[names[0]]
+    for name, p in predictions.items():
+        if p.tasks != first.tasks or len(p.points) != len(first.points):
+            raise ValueError(f"prediction {name!r} is not at the same points and tasks as {names[0]!r}")
+    outputs = {p.output for p in predictions.values()}
+    output = outputs.pop() if len(outputs) == 1 else "accuracy"
+
+    def values(p, table):
+        return {t: table[t] if p.output == output else correct_from_output(p.output, table[t])
+                for t in p.tasks}
+
+    converted = {name: (values(p, p.metric), values(p, p.new_run)) for name, p in predictions.items()}
+    used = [name for name, weight in zip(names, w) if weight > 0]
+    total = int(num_draws or min(len(predictions[name].loss) for name in used))
+    counts = mixture_counts(w, total)
+    picks, order = mixture_draws(counts, [len(predictions[n].loss) for n in names], np.random.default_rng(seed))
+
+    def mixed(get):
+        return np.concatenate([get(name)[index] for name, index in zip(names, picks)])[order]
+
+    return DownstreamPrediction(
+        points=first.points,
+        loss=mixed(lambda n: predictions[n].loss),
+        metric={t: mixed(lambda n: converted[n][0][t]) for t in first.tasks},
+        new_run={t: mixed(lambda n: converted[n][1][t]) for t in first.tasks},
+        output=output,
+        tasks=first.tasks,
     )
 
 

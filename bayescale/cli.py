@@ -267,14 +267,29 @@ def cmd_fit_downstream(args) -> int:
 def cmd_predict_downstream(args) -> int:
     from bayescale import downstream
 
-    result = downstream.load_downstream(args.fit)
     levels = (args.level_low, 0.5, 1 - args.level_low)
-    table = pd.concat(
-        [result.predict(parse_point(p), seed=args.seed).quantiles(levels) for p in args.at], ignore_index=True
-    )
+    fits = {Path(f).stem: downstream.load_downstream(f) for f in args.fits}
+    if len(fits) != len(args.fits):
+        raise ValueError("fit files must have distinct names (stems): they name the weights")
+    if len(fits) == 1:
+        predict = next(iter(fits.values())).predict
+    else:
+        # Several chains (different links, same runs): one forecast mixed by stacking or given weights.
+        from bayescale.averaging import average_downstream
+        from bayescale.link_comparison import compare_links
+
+        if args.weights:
+            weights, comparison = {k: float(v) for k, v in _key_values(args.weights, "--weights").items()}, None
+        else:
+            weights, comparison = "stacking", compare_links(fits, held_out=args.held_out)
+
+        def predict(point, seed):
+            return average_downstream(fits, point, weights, comparison=comparison, seed=seed)
+    predictions = [predict(parse_point(p), seed=args.seed) for p in args.at]
+    table = pd.concat([p.quantiles(levels) for p in predictions], ignore_index=True)
     if args.json:
-        _json({"converged": result.converged, "output": result.link.output, "tasks": list(result.tasks),
-               "rows": table.to_dict(orient="records")})
+        _json({"converged": all(f.converged for f in fits.values()), "output": predictions[0].output,
+               "tasks": list(predictions[0].tasks), "rows": table.to_dict(orient="records")})
     else:
         _print_table(table)
     return 0
@@ -396,7 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit_downstream)
 
     p = sub.add_parser("predict-downstream", help="loss, every task's metric and their average at new inputs")
-    p.add_argument("fit")
+    p.add_argument("fits", nargs="+", metavar="fit", help="a downstream fit file; several (same runs, different "
+                   "links) are averaged, by stacking weights unless --weights is given")
+    p.add_argument("--weights", metavar="NAME=W,...", help="weights of several fits by file stem (default: stacking)")
+    p.add_argument("--held-out", type=int, default=1, help="runs held out for the stacking weights (default 1)")
     p.add_argument("--at", action="append", required=True, metavar="N=...,D=...", help="a point (repeatable)")
     p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (default 0.05: 90%%)")
     p.add_argument("--seed", type=int, default=0)

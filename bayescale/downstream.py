@@ -257,7 +257,12 @@ def _check_laws(loss_law: Law, link: Law) -> None:
 
 def probability_correct(link: Law, value):
     """The link's output as a probability of a correct answer (error links give 1 - error)."""
-    return 1.0 - value if link.output == "error" else value
+    return correct_from_output(link.output, value)
+
+
+def correct_from_output(output: str, value):
+    """A metric in units `output` ("error", "accuracy", "pass_rate") as a probability of a correct answer."""
+    return 1.0 - value if output == "error" else value
 
 
 def _sample_task_param(name: str, prior: dist.Distribution, pooled: bool, num_tasks: int, shared: bool = False):

@@ -12,7 +12,9 @@ both computed on the fitted runs only, tell them apart:
   (`elpd_future`, summed over tasks and runs) and the relative error of the posterior median of the task
   average. It rewards what a scaling forecast needs: extrapolation to lower loss.
 
-`compare_links({name: DownstreamFit})` puts both in one table, best `elpd_future` first. All fits must be
+`compare_links({name: DownstreamFit})` puts both in one table, best `elpd_future` first, with stacking
+weights (`stacking_weights`, Yao et al. 2018: the mixture of the links that best predicts the held-out
+accuracies), which `bayescale.averaging.average_downstream` uses to mix the links' forecasts. All fits must be
 to the same runs and tasks, under metric likelihoods on the same scale (the Beta likelihood scores a
 density of fractions, the Binomial families a probability of counts: their elpds cannot be compared).
 """
@@ -125,12 +127,41 @@ def holdout_score(fit, held_out: int = 1, *, seed: int | None = None, settings: 
     }
 
 
+def stacking_weights(pointwise: Mapping[str, np.ndarray], *, tol: float = 1e-10, max_iter: int = 100_000) -> dict[str, float]:
+    """Stacking weights from pointwise log predictive densities (name -> one value per held-out observation,
+    the same observations for every name): the weights w on the simplex that maximise
+    sum_i log sum_k w_k exp(elpd_ik) (Yao et al. 2018). Solved by EM over the mixture weights (each step
+    raises the objective; the objective is concave, so it converges to the maximum)."""
+    names = list(pointwise)
+    if not names:
+        raise ValueError("give pointwise densities of at least one fit")
+    shapes = {np.shape(pointwise[n]) for n in names}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"pointwise densities must be one-dimensional and of the same length for every fit; "
+                         f"got shapes {sorted(shapes)}")
+    elpd = np.stack([np.asarray(pointwise[n], float) for n in names], axis=1)     # (observations, fits)
+    if not np.all(np.isfinite(elpd)):
+        raise ValueError("pointwise densities must be finite")
+    # Densities relative to each observation's best: the weights do not change, exp no longer underflows.
+    density = np.exp(elpd - elpd.max(axis=1, keepdims=True))
+    w = np.full(len(names), 1.0 / len(names))
+    for _ in range(max_iter):
+        responsibility = w * density / (density @ w)[:, None]
+        new = responsibility.mean(axis=0)
+        if np.max(np.abs(new - w)) < tol:
+            w = new
+            break
+        w = new
+    return dict(zip(names, (float(v) for v in w / w.sum())))
+
+
 def compare_links(fits: Mapping[str, object], held_out: int = 1, *, future: bool = True) -> pd.DataFrame:
     """One row per named downstream fit: PSIS-LOO over the observed accuracies and (when `future`) the
     leave-future-out score of its link. Fits must be to the same runs and tasks. Sorted by `elpd_future`
     (or `elpd_loo`), best first; `elpd_*_diff` is each row minus the best, and `elpd_*_diff_se` the standard
     error of that difference from the paired pointwise values (the same cells score every fit), which is
-    what tells a real difference from noise."""
+    what tells a real difference from noise. `stacking_weight`: the stacking weights of the fits on the same
+    pointwise scores (`stacking_weights`), for `bayescale.averaging.average_downstream`."""
     if len(fits) < 1:
         raise ValueError("give at least one downstream fit")
     first = next(iter(fits.values()))
@@ -160,4 +191,7 @@ def compare_links(fits: Mapping[str, object], held_out: int = 1, *, future: bool
         column = f"elpd_{kind}"
         table[f"{column}_diff"] = table[column] - table.loc[best, column]
         table[f"{column}_diff_se"] = [_se(pointwise[name][kind] - pointwise[best][kind]) for name in table.index]
+    kind = "future" if future else "loo"
+    weights = stacking_weights({name: pointwise[name][kind] for name in table.index})
+    table["stacking_weight"] = [weights[name] for name in table.index]
     return table

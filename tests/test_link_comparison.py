@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from bayescale import downstream as ds
-from bayescale.link_comparison import compare_links, future_runs, holdout_score, loo_metric
+from bayescale.averaging import average_downstream, mix_downstream
+from bayescale.link_comparison import compare_links, future_runs, holdout_score, loo_metric, stacking_weights
 from test_downstream import CHANCE, ITEMS, LOSS, small
 
 
@@ -122,7 +123,66 @@ def test_compare_links_needs_the_same_data(exponential_fit):
         compare_links({"a": fit, "b": beta}, future=False)
     table = compare_links({"a": fit}, future=False)
     assert list(table.columns[:3]) == ["link", "pooling", "converged"] and table["elpd_loo_diff"].iloc[0] == 0
-    assert "pointwise_loo" not in table.columns
+    assert "pointwise_loo" not in table.columns and table["stacking_weight"].iloc[0] == pytest.approx(1.0)
+
+
+def test_stacking_weights_maximise_the_mixture_density():
+    rng = np.random.default_rng(1)
+    a = rng.normal(-2.0, 1.0, 40)
+    b = a + rng.normal(0.0, 1.5, 40)            # better on some observations, worse on others
+    w = stacking_weights({"a": a, "b": b})
+    assert sum(w.values()) == pytest.approx(1.0) and 0.05 < w["a"] < 0.95
+
+    def objective(weight):
+        return np.sum(np.logaddexp(np.log(weight) + a, np.log1p(-weight) + b))
+
+    grid = np.linspace(1e-6, 1 - 1e-6, 20001)
+    best = grid[np.argmax([objective(g) for g in grid])]
+    assert w["a"] == pytest.approx(best, abs=1e-3)
+    assert objective(w["a"]) >= objective(best) - 1e-9
+
+    dominated = stacking_weights({"good": a, "bad": a - 1.0, "worse": a - 3.0})
+    assert dominated["good"] > 0.999, dominated
+    with pytest.raises(ValueError, match="same length"):
+        stacking_weights({"a": a, "b": b[:-1]})
+    with pytest.raises(ValueError, match="finite"):
+        stacking_weights({"a": a, "b": np.where(np.arange(40) == 3, -np.inf, b)})
+
+
+def _constant_prediction(output, value, loss, draws=1000):
+    points = pd.DataFrame({"N": [1e9, 2e9]})
+    table = {t: np.full((draws, 2), value) for t in ("acc_a", "acc_b")}
+    return ds.DownstreamPrediction(points=points, loss=np.full((draws, 2), loss), metric=table, new_run=table,
+                                   output=output, tasks=("acc_a", "acc_b"))
+
+
+def test_mix_downstream_keeps_each_draw_whole_and_converts_errors_to_accuracy():
+    accuracy = _constant_prediction("accuracy", 0.2, loss=2.0)
+    error = _constant_prediction("error", 0.3, loss=3.0)          # accuracy 0.7
+    mixed = mix_downstream({"acc": accuracy, "err": error}, {"acc": 1.0, "err": 3.0}, seed=1)
+    assert mixed.output == "accuracy" and mixed.loss.shape == (1000, 2)
+    from_accuracy = mixed.new_run["acc_a"][:, 0] == 0.2
+    assert from_accuracy.mean() == pytest.approx(0.25)
+    assert np.all(mixed.new_run["acc_a"][~from_accuracy] == pytest.approx(0.7))
+    assert np.all(mixed.loss[from_accuracy] == 2.0) and np.all(mixed.loss[~from_accuracy] == 3.0)
+    assert 0.1 < from_accuracy[:100].mean() < 0.4        # shuffled: a leading slice is itself a mixture
+    same = mix_downstream({"e1": error, "e2": error}, {"e1": 1.0})
+    assert same.output == "error"
+    with pytest.raises(KeyError, match="unknown"):
+        mix_downstream({"acc": accuracy}, {"other": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        mix_downstream({"acc": accuracy}, {"acc": -1.0})
+
+
+def test_average_downstream_with_one_weighted_fit_is_that_fit(exponential_fit):
+    at = {"N": [1.5e9, 3e9], "D": [3e11, 6e10]}
+    alone = exponential_fit.predict(at, seed=3)
+    averaged = average_downstream({"a": exponential_fit, "b": exponential_fit}, at, {"a": 1.0, "b": 0.0}, seed=3)
+    # Every draw of the one fit, in a shuffled order.
+    np.testing.assert_array_equal(np.sort(averaged.average_new_run, axis=0), np.sort(alone.average_new_run, axis=0))
+    np.testing.assert_array_equal(np.sort(averaged.loss, axis=0), np.sort(alone.loss, axis=0))
+    with pytest.raises(ValueError, match="stacking"):
+        average_downstream({"a": exponential_fit}, at, "evidence")
 
 
 def test_cli_compare_links_loo_only(tmp_path, capsys, exponential_fit):
@@ -135,3 +195,21 @@ def test_cli_compare_links_loo_only(tmp_path, capsys, exponential_fit):
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"exponential"} and out["exponential"]["observations"] == exponential_fit.runs.accuracy.size - 1
     assert main(["compare-links", str(tmp_path / "missing.nc")]) == 2
+
+
+def test_cli_predict_downstream_averages_several_fits(tmp_path, capsys, exponential_fit):
+    import json
+
+    from bayescale.cli import main
+
+    a = exponential_fit.save(tmp_path / "a.nc")
+    b = exponential_fit.save(tmp_path / "b.nc")
+    point = ["--at", "N=1e9,D=2e10", "--seed", "3", "--json"]
+    assert main(["predict-downstream", str(a), *point]) == 0
+    alone = json.loads(capsys.readouterr().out)["rows"]
+    assert main(["predict-downstream", str(a), str(b), "--weights", "a=1,b=0", *point]) == 0
+    mixed = json.loads(capsys.readouterr().out)["rows"]
+    # All of a's draws, reordered: the same quantiles.
+    assert [r["q50"] for r in mixed] == pytest.approx([r["q50"] for r in alone])
+    assert [r["q5"] for r in mixed] == pytest.approx([r["q5"] for r in alone])
+    assert main(["predict-downstream", str(a), str(b), "--weights", "c=1", *point]) == 2
