@@ -314,9 +314,21 @@ def test_link_choice_on_the_fitted_runs_prefers_the_sigmoid():
     x1 run's accuracies held out and refitted without) both rank the sigmoid above the exponential."""
     from bayescale.link_comparison import compare_links
 
-    table = compare_links({link: gadre_chain(link, "partial")[0] for link in ("link_sigmoid", "link_exponential")})
+    chains = {link: gadre_chain(link, "partial")[0] for link in ("link_sigmoid", "link_exponential")}
+    table = compare_links(chains)
     assert table.index[0] == "link_sigmoid", table
     assert table.loc["link_sigmoid", "elpd_loo"] > table.loc["link_exponential", "elpd_loo"], table
+    # Stacking on the same held-out accuracies leans on the sigmoid, and the mixed forecast keeps both targets
+    # inside its 90% intervals and within 6%.
+    assert table.loc["link_sigmoid", "stacking_weight"] > 0.5, table
+    targets = gadre_chain("link_sigmoid", "partial")[1]
+    at = {"N": targets.N_params.to_numpy(), "D": targets.D_tokens.to_numpy()}
+    mixed = bs.average_downstream(chains, at, comparison=table)
+    error = 1 - mixed.average_new_run if mixed.output == "accuracy" else mixed.average_new_run
+    lo, median, hi = np.quantile(error, [0.05, 0.5, 0.95], axis=0)
+    true = 1 - targets[GADRE_TASKS].mean(axis=1).to_numpy()
+    assert np.all((lo <= true) & (true <= hi)), (lo, hi, true)
+    assert np.all(np.abs(median - true) / true < 0.06), (median, true)
 
 
 def test_shared_link_parameter_is_one_value_for_all_tasks(simulated):
