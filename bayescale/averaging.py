@@ -69,19 +69,9 @@ def average_predict(
 
             comparison = compare(named, seed=seed)
         weights = model_weights(comparison, weights)
-    unknown = sorted(set(weights) - set(named))
-    if unknown:
-        raise KeyError(f"weights name unknown fits {unknown}; fits are {sorted(named)}")
-    w = np.array([float(weights.get(name, 0.0)) for name in named])
-    if np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
-        raise ValueError(f"model weights must be non-negative, finite and not all zero; got {dict(zip(named, w))}")
-    w = w / w.sum()
-
+    w = normalised_weights(weights, list(named))
     predictions = {name: predict(fit, inputs_for(fit, at), seed=seed) for name, fit in named.items()}
-    used = [name for name, weight in zip(named, w) if weight > 0]
-    total = int(num_draws or min(len(predictions[name].mean) for name in used))
-    counts = mixture_counts(w, total)
-    picks, order = mixture_draws(counts, [len(p.mean) for p in predictions.values()], np.random.default_rng(seed))
+    picks, order = mixture_draws(w, [len(p.mean) for p in predictions.values()], num_draws, np.random.default_rng(seed))
     return Prediction(
         points=_merged_points(predictions.values()),
         mean=np.concatenate([p.mean[index] for p, index in zip(predictions.values(), picks)])[order],
@@ -90,12 +80,26 @@ def average_predict(
     )
 
 
-def mixture_draws(counts: np.ndarray, available: Sequence[int], rng: np.random.Generator):
-    """Which draws of each component make the mixture: `counts[k]` of component k's `available[k]` draws
-    (without replacement when there are enough), and a permutation `order` that shuffles the concatenated
+def normalised_weights(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
+    """`weights` (name -> weight; names left out get 0) as an array over `names` that sums to 1."""
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise KeyError(f"weights name unknown fits {unknown}; fits are {sorted(names)}")
+    w = np.array([float(weights.get(name, 0.0)) for name in names])
+    if np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
+        raise ValueError(f"model weights must be non-negative, finite and not all zero; got {dict(zip(names, w))}")
+    return w / w.sum()
+
+
+def mixture_draws(w: np.ndarray, available: Sequence[int], num_draws: int | None, rng: np.random.Generator):
+    """Which draws of each component make the mixture of `num_draws` draws (default: the fewest any component
+    with positive weight has): a share `w[k]` (`mixture_counts`) of component k's `available[k]` draws,
+    without replacement when there are enough, and a permutation `order` that shuffles the concatenated
     picks, so any leading slice of the mixture's draws is itself a mixture."""
+    total = int(num_draws or min(n for n, weight in zip(available, w) if weight > 0))
+    counts = mixture_counts(w, total)
     picks = [rng.choice(n, size=int(c), replace=c > n) for c, n in zip(counts, available)]
-    return picks, rng.permutation(int(np.sum(counts)))
+    return picks, rng.permutation(total)
 
 
 def average_downstream(
@@ -145,13 +149,7 @@ def mix_downstream(predictions: Mapping[str, Any], weights: Mapping[str, float],
     from bayescale.downstream import DownstreamPrediction, correct_from_output
 
     names = list(predictions)
-    unknown = sorted(set(weights) - set(names))
-    if unknown:
-        raise KeyError(f"weights name unknown fits {unknown}; fits are {sorted(names)}")
-    w = np.array([float(weights.get(name, 0.0)) for name in names])
-    if np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
-        raise ValueError(f"model weights must be non-negative, finite and not all zero; got {dict(zip(names, w))}")
-    w = w / w.sum()
+    w = normalised_weights(weights, names)
     first = predictions[names[0]]
     for name, p in predictions.items():
         if p.tasks != first.tasks or len(p.points) != len(first.points):
@@ -164,10 +162,7 @@ def mix_downstream(predictions: Mapping[str, Any], weights: Mapping[str, float],
                 for t in p.tasks}
 
     converted = {name: (values(p, p.metric), values(p, p.new_run)) for name, p in predictions.items()}
-    used = [name for name, weight in zip(names, w) if weight > 0]
-    total = int(num_draws or min(len(predictions[name].loss) for name in used))
-    counts = mixture_counts(w, total)
-    picks, order = mixture_draws(counts, [len(predictions[n].loss) for n in names], np.random.default_rng(seed))
+    picks, order = mixture_draws(w, [len(predictions[n].loss) for n in names], num_draws, np.random.default_rng(seed))
 
     def mixed(get):
         return np.concatenate([get(name)[index] for name, index in zip(names, picks)])[order]

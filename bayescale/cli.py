@@ -264,13 +264,19 @@ def cmd_fit_downstream(args) -> int:
     return EXIT_NOT_CONVERGED if args.strict and not result.converged else 0
 
 
-def cmd_predict_downstream(args) -> int:
+def _load_downstream_fits(paths: list[str], naming: str) -> dict:
+    """Downstream fit files by file stem (the stems name `naming`, so they must differ)."""
     from bayescale import downstream
 
+    fits = {Path(f).stem: downstream.load_downstream(f) for f in paths}
+    if len(fits) != len(paths):
+        raise ValueError(f"fit files must have distinct names (stems): they name {naming}")
+    return fits
+
+
+def cmd_predict_downstream(args) -> int:
     levels = (args.level_low, 0.5, 1 - args.level_low)
-    fits = {Path(f).stem: downstream.load_downstream(f) for f in args.fits}
-    if len(fits) != len(args.fits):
-        raise ValueError("fit files must have distinct names (stems): they name the weights")
+    fits = _load_downstream_fits(args.fits, "the weights")
     if len(fits) == 1:
         predict = next(iter(fits.values())).predict
     else:
@@ -296,12 +302,9 @@ def cmd_predict_downstream(args) -> int:
 
 
 def cmd_compare_links(args) -> int:
-    from bayescale import downstream
     from bayescale.link_comparison import compare_links
 
-    fits = {Path(f).stem: downstream.load_downstream(f) for f in args.fits}
-    if len(fits) != len(args.fits):
-        raise ValueError("fit files must have distinct names (stems): they name the rows")
+    fits = _load_downstream_fits(args.fits, "the rows")
     table = compare_links(fits, held_out=args.held_out, future=not args.no_future)
     if args.json:
         _json(table.to_dict(orient="index"))

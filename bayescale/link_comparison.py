@@ -148,10 +148,10 @@ def stacking_weights(pointwise: Mapping[str, np.ndarray], *, tol: float = 1e-10,
     for _ in range(max_iter):
         responsibility = w * density / (density @ w)[:, None]
         new = responsibility.mean(axis=0)
-        if np.max(np.abs(new - w)) < tol:
-            w = new
-            break
+        done = np.max(np.abs(new - w)) < tol
         w = new
+        if done:
+            break
     return dict(zip(names, (float(v) for v in w / w.sum())))
 
 
