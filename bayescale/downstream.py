@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,6 @@ import numpyro.distributions as dist
 import pandas as pd
 from numpyro import handlers
 from numpyro.distributions import biject_to
-from numpyro.infer.util import log_likelihood
 
 from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
 from bayescale.inference import SamplerSettings, run_nuts
@@ -56,7 +54,7 @@ from bayescale.law import Law, PriorSpec, data_stats, get_law, laws, resolve_pri
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.map_estimate import map_estimate
 from bayescale.metric_likelihood import MetricLikelihood
-from bayescale.model import sample_params
+from bayescale.model import pointwise_log_likelihood, prior_draws, sample_params
 from bayescale.runs import DataError, _rows, points_from_mapping, read_table, runs_from_table
 
 POOLINGS = ("partial", "none")
@@ -64,7 +62,7 @@ POOLINGS = ("partial", "none")
 # up to a factor ~e^2 in k or gamma while still shrinking small, noisy tasks towards the others.
 TAU_PRIOR = dist.HalfNormal(1.0)
 LINK_OUTPUTS = ("error", "accuracy", "pass_rate")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: laws saved with their declaration
 
 
 # ---------------------------------------------------------------- data ----
@@ -363,22 +361,6 @@ def chain_values(spec: ChainSpec, samples, x, run_loss=None):
     return law_mean, spec.link.mean(link_params, {"L": run_loss[:, None, :]})
 
 
-@partial(jax.jit, static_argnames=("model",))
-def _pointwise_log_likelihood(model, samples, args, kwargs):
-    return log_likelihood(model, samples, *args, **kwargs)
-
-
-@partial(jax.jit, static_argnames=("model", "num_draws"))
-def _prior_draws(model, key, args, kwargs, num_draws):
-    """Parameters drawn from the prior (observed sites stay at their data: no prior predictive group)."""
-
-    def one(k):
-        trace = handlers.trace(handlers.seed(model, k)).get_trace(*args, **kwargs)
-        return {n: s["value"] for n, s in trace.items() if s["type"] in ("sample", "deterministic")}
-
-    return jax.vmap(one)(jax.random.split(key, num_draws))
-
-
 # ----------------------------------------------------------------- fit ----
 @dataclass
 class DownstreamFit:
@@ -447,8 +429,9 @@ def _to_datatree(mcmc, model, spec: ChainSpec, args, kwargs, runs: DownstreamRun
              "adapt_state.step_size": "step_size"}
     sample_stats = {name: np.asarray(extra[f]) for f, name in names.items() if f in extra}
     sample_stats["lp"] = -np.asarray(extra["potential_energy"])
-    loglik = _pointwise_log_likelihood(model, flat, args, kwargs)
-    prior = _prior_draws(model, key_prior, args, kwargs, num_prior_draws)
+    loglik = pointwise_log_likelihood(model, flat, args, kwargs)
+    # Parameters from the prior; the observed sites stay at their data (no prior predictive group).
+    prior = prior_draws(model, key_prior, args, kwargs, num_prior_draws)
     ppc = _replicate(spec, flat, runs, key_ppc)
     task_names = [*model.link_params, "phi"]
     task_dims = {"_loss_z": ["run"]}
@@ -601,7 +584,8 @@ class DownstreamPrediction:
         return {"output": self.output, "tasks": list(self.tasks), "rows": self.quantiles(q).to_dict(orient="records")}
 
 
-def _draws(fit: DownstreamFit) -> dict[str, np.ndarray]:
+def posterior_draws(fit: DownstreamFit) -> dict[str, np.ndarray]:
+    """Every posterior variable of the chain with chains and draws flattened: {name: (draws, ...)}."""
     post = fit.data.posterior
     return {str(n): np.asarray(post[n]).reshape(-1, *post[n].shape[2:]) for n in post.data_vars}
 
@@ -610,7 +594,7 @@ def predict_downstream(fit: DownstreamFit, at, *, seed: int = 0, loss: Sequence[
     """Loss and every task's metric at new inputs `at` ({"N": 6.9e9, "D": 1.4e11} or a DataFrame), as
     posterior draws. `loss=`: known losses of those runs, to predict the metrics from a measured loss."""
     points = points_from_mapping(at, fit.loss_law)
-    samples = _draws(fit)
+    samples = posterior_draws(fit)
     spec = fit.spec
     x = {k: jnp.asarray(v) for k, v in points.x.items()}
     key_loss, key_metric = jax.random.split(jax.random.PRNGKey(seed))
@@ -671,14 +655,17 @@ def _changed_priors(law: Law) -> dict[str, Any]:
 
 def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
     """One NetCDF file: the DataTree with the chain's description as JSON in the root attribute
-    `bayescale_downstream`. Laws are stored by name: catalogue laws and laws registered with
-    `bayescale.register_law` load by themselves; any other law is passed to `load_downstream`."""
+    `bayescale_downstream`. Laws are stored by name with their declaration (inputs, parameters, form):
+    catalogue laws and laws registered with `bayescale.register_law` load by themselves; any other law is
+    passed to `load_downstream`, which refuses a law that does not match the declaration."""
+    from bayescale.persistence import law_declaration
+
     path = Path(path)
     spec = fit.spec
     meta = {
         "format_version": FORMAT_VERSION,
-        "loss_law": spec.loss_law.name,
-        "link": spec.link.name,
+        "loss_law": law_declaration(spec.loss_law),
+        "link": law_declaration(spec.link),
         "loss_likelihood": spec.loss_likelihood.to_dict(),
         "metric_likelihood": spec.metric_likelihood.to_dict(),
         "pooling": spec.pooling,
@@ -710,27 +697,17 @@ def is_downstream_file(path: str | Path) -> bool:
 
 def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law | None = None) -> DownstreamFit:
     """A saved downstream fit. `loss_law` / `link`: the Law objects, for laws that are neither in the
-    catalogue nor registered (`bayescale.register_law`); they must carry the saved names."""
-    from bayescale.persistence import prior_from_json, read_fit_file
+    catalogue nor registered (`bayescale.register_law`); they must carry the saved names, inputs and
+    parameters."""
+    from bayescale.persistence import prior_from_json, read_fit_file, saved_law
 
     path = Path(path)
-    dt, meta = read_fit_file(path, "bayescale_downstream", "downstream fit")
+    dt, meta = read_fit_file(path, "bayescale_downstream", "downstream fit", FORMAT_VERSION)
     priors = {k: prior_from_json(v) for k, v in meta["priors"].items()}
     priors = {k: v for k, v in priors.items() if v is not None}
-
-    def law_of(given: Law | None, role: str) -> Law:
-        name = meta[role]
-        if given is None:
-            try:
-                return get_law(name)
-            except KeyError:
-                raise KeyError(f"{path}: the {role.replace('_', ' ')} {name!r} is not in the catalogue; pass it: "
-                               f"load_downstream(path, {role}=<the Law>)") from None
-        if given.name != name:
-            raise ValueError(f"{path} was fitted with {role.replace('_', ' ')} {name!r}, not {given.name!r}")
-        return given
-
-    loss_law, link = law_of(loss_law, "loss_law"), law_of(link, "link")
+    loss_law = saved_law(path, meta["loss_law"], loss_law, role="loss law",
+                         pass_as="load_downstream(path, loss_law=<the Law>)")
+    link = saved_law(path, meta["link"], link, role="link", pass_as="load_downstream(path, link=<the Law>)")
     loss_law = loss_law.with_priors({k: v for k, v in priors.items() if k in loss_law.params})
     link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
     spec = ChainSpec(loss_law, link, Likelihood(**meta["loss_likelihood"]),

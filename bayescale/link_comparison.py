@@ -32,6 +32,7 @@ import pandas as pd
 from jax.scipy.special import logsumexp
 
 from bayescale.inference import SamplerSettings
+from bayescale.model import pointwise_log_likelihood
 
 
 def loo_metric(fit) -> dict[str, float]:
@@ -99,9 +100,8 @@ def holdout_score(fit, held_out: int = 1, *, seed: int | None = None, settings: 
     # Exact held-out density: every posterior draw of the refit scores the masked accuracies.
     model = ds.chain_model(refit.spec)
     args, kwargs = ds.model_inputs(runs, refit.spec.metric_likelihood)
-    samples = ds._draws(refit)
-    ll = np.asarray(ds._pointwise_log_likelihood(model, {k: jax.numpy.asarray(v) for k, v in samples.items()},
-                                                 args, kwargs)["metric"])      # (draws, tasks, runs)
+    samples = {k: jax.numpy.asarray(v) for k, v in ds.posterior_draws(refit).items()}
+    ll = np.asarray(pointwise_log_likelihood(model, samples, args, kwargs)["metric"])   # (draws, tasks, runs)
     observed = runs.metric_mask[:, future]
     cells = ll[:, :, future][:, observed]                                       # (draws, observed held-out)
     elpd_cells = np.asarray(logsumexp(cells, axis=0)) - np.log(len(cells))

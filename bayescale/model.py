@@ -111,5 +111,6 @@ def prior_draws(model, key, args, kwargs, num_draws: int):
 
 @partial(jax.jit, static_argnames=("model",))
 def pointwise_log_likelihood(model, samples, args, kwargs):
-    """log p(y_i | theta_s) of each observation for each draw: {"y": (draws, runs)}."""
+    """log p(y_i | theta_s) of each observation for each draw, per observed site: {"y": (draws, runs)} for a
+    law's model, {"loss": ..., "metric": (draws, tasks, runs)} for a downstream chain."""
     return log_likelihood(model, samples, *args, **kwargs)

@@ -85,15 +85,40 @@ def save(fit, path: str | Path) -> Path:
     return path
 
 
-def read_fit_file(path: str | Path, attribute: str = "bayescale", kind: str = "fit"):
-    """The DataTree of a saved fit and its metadata (the JSON in root attribute `attribute`)."""
+def read_fit_file(path: str | Path, attribute: str = "bayescale", kind: str = "fit", version: int = FORMAT_VERSION):
+    """The DataTree of a saved fit and its metadata (the JSON in root attribute `attribute`), refused when
+    the file's format version is not `version`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no fit file at {path}")
     dt = az.from_netcdf(path, engine="h5netcdf")
     if attribute not in dt.attrs:
         raise ValueError(f"{path} is not a bayescale {kind} (no {attribute!r} attribute)")
-    return dt, json.loads(dt.attrs[attribute])
+    meta = json.loads(dt.attrs[attribute])
+    if meta.get("format_version") != version:
+        raise ValueError(f"{path}: {kind} saved in file format {meta.get('format_version')}; this bayescale reads "
+                         f"format {version}: refit and save again")
+    return dt, meta
+
+
+def saved_law(path: str | Path, declaration: dict[str, Any], given: Law | None, *, role: str = "law",
+              pass_as: str = "load(path, law=<the Law>)") -> Law:
+    """The law a saved fit was made with: `given`, else the catalogue's (or registered) law of the saved
+    name. Refused, naming the file, when the name, inputs or parameters differ from `declaration` (what
+    `law_declaration` recorded at save time): the posterior would be read against the wrong law."""
+    name = declaration["name"]
+    if given is None:
+        try:
+            given = get_law(name)
+        except KeyError:
+            raise KeyError(f"{path}: the {role} {name!r} is not in the catalogue; pass {pass_as}") from None
+    if given.name != name or list(given.inputs) != list(declaration["inputs"]) or list(given.params) != list(declaration["params"]):
+        raise ValueError(
+            f"{path}: the fit was made with {role} {name!r} of inputs {list(declaration['inputs'])} and parameters "
+            f"{list(declaration['params'])}; {role} {given.name!r} has inputs {list(given.inputs)} and parameters "
+            f"{list(given.params)}"
+        )
+    return given
 
 
 def load(path: str | Path, law: Law | None = None):
@@ -101,17 +126,7 @@ def load(path: str | Path, law: Law | None = None):
 
     path = Path(path)
     dt, meta = read_fit_file(path)
-    if law is None:
-        try:
-            law = get_law(meta["law"])
-        except KeyError as err:
-            raise KeyError(f"{path}: law {meta['law']!r} is not in the catalogue; pass load(path, law=...)") from err
-    saved = meta["law_declaration"]
-    if list(law.inputs) != saved["inputs"] or list(law.params) != list(saved["params"]):
-        raise ValueError(
-            f"{path}: the fit was made with law {saved['name']!r} of inputs {saved['inputs']} and parameters "
-            f"{list(saved['params'])}; law {law.name!r} has inputs {list(law.inputs)} and parameters {list(law.params)}"
-        )
+    law = saved_law(path, meta["law_declaration"], law)
     priors = {}
     for name, spec in meta["priors"].items():
         prior = prior_from_json(spec)

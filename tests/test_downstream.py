@@ -212,6 +212,25 @@ def test_save_load_with_a_link_outside_the_catalogue(tmp_path, binomial_fit):
     np.testing.assert_allclose(loaded.predict({"N": 1e9, "D": 2e10}).average, binomial_fit.predict({"N": 1e9, "D": 2e10}).average)
 
 
+def test_load_refuses_a_link_that_does_not_match_the_saved_declaration(tmp_path, binomial_fit):
+    import dataclasses
+    import json
+
+    import arviz as az
+
+    path = binomial_fit.save(tmp_path / "chain.nc")
+    sigmoid = dataclasses.replace(bs.get_law("link_sigmoid"), name=binomial_fit.link.name)  # same name, other law
+    with pytest.raises(ValueError, match="parameters \\['eps', 'd', 'gamma'\\]; link 'link_exponential' has inputs"):
+        ds.load_downstream(path, link=sigmoid)
+    # A file from an older format is refused by name, not misread.
+    dt = az.from_netcdf(path, engine="h5netcdf")
+    meta = json.loads(dt.attrs["bayescale_downstream"])
+    dt.attrs["bayescale_downstream"] = json.dumps({**meta, "format_version": 1, "link": meta["link"]["name"]})
+    dt.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match="old.nc: downstream fit saved in file format 1; .* format 2: refit"):
+        ds.load_downstream(tmp_path / "old.nc")
+
+
 def test_link_laws_listed():
     catalogue = bayescale.laws()
     for name, output in (("link_exponential", "error"), ("link_sigmoid", "accuracy"),
@@ -334,8 +353,9 @@ def test_link_choice_on_the_fitted_runs_prefers_the_sigmoid():
 def test_shared_link_parameter_is_one_value_for_all_tasks(simulated):
     import jax
 
-    from bayescale.downstream import ChainSpec, _prior_draws, chain_model, downstream_runs, model_inputs
+    from bayescale.downstream import ChainSpec, chain_model, downstream_runs, model_inputs
     from bayescale.metric_likelihood import MetricLikelihood
+    from bayescale.model import prior_draws
 
     table, tasks, _ = simulated
     runs = downstream_runs(table, bs.get_law("chinchilla"), tasks=tasks, items=dict(zip(tasks, ITEMS)),
@@ -343,7 +363,7 @@ def test_shared_link_parameter_is_one_value_for_all_tasks(simulated):
     metric = MetricLikelihood("binomial")
     spec = ChainSpec(bs.get_law("chinchilla"), bs.get_law("link_exponential"), bs.Likelihood(), metric, "partial", ("gamma",))
     args, kwargs = model_inputs(runs, metric)
-    draws = _prior_draws(chain_model(spec), jax.random.PRNGKey(0), args, kwargs, 50)
+    draws = prior_draws(chain_model(spec), jax.random.PRNGKey(0), args, kwargs, 50)
     gamma, d = np.asarray(draws["gamma"]), np.asarray(draws["d"])
     assert gamma.shape == (50, 3) and np.all(gamma == gamma[:, :1]) and np.ptp(gamma[:, 0]) > 0
     assert not np.all(d == d[:, :1])  # the others still vary by task
