@@ -246,7 +246,8 @@ def cmd_fit_downstream(args) -> int:
             args.data, tasks=tasks, loss_law=args.law, link=args.link, loss_column=args.loss,
             columns=parse_columns(args.column), items=items, chance=chance, likelihood=args.likelihood,
             metric_likelihood=args.metric_likelihood, pooling=args.pooling,
-            shared=[n for item in args.shared or [] for n in item.split(",") if n], num_warmup=args.warmup,
+            shared=[n for item in args.shared or [] for n in item.split(",") if n], run_effect=args.run_effect,
+            num_warmup=args.warmup,
             num_samples=args.draws, num_chains=args.chains, seed=args.seed,
         )
     for w in caught:
@@ -404,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-likelihood", default="auto", choices=["auto", "binomial", "beta_binomial", "beta"])
     p.add_argument("--pooling", default="partial", choices=["partial", "none"])
     p.add_argument("--shared", action="append", metavar="PARAM[,PARAM...]", help="link parameter(s) with one value for all tasks")
+    p.add_argument("--run-effect", action="store_true",
+                   help="a logit offset shared by all tasks of a run (runs better or worse than their loss on every task)")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--draws", type=int, default=1000)

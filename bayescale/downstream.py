@@ -17,6 +17,9 @@ a link law (input "L", output a metric, e.g. "link_exponential": Err = eps - k e
   z_t ~ Normal(0, 1): a noisy small task borrows strength from the others. Parameters whose prior reads the
   task's statistics (the chance level: eps, floor, ceil) are per task. `pooling="none"` gives every task
   the declared priors independently: the same as fitting each task separately with the shared loss law.
+- Runs (`run_effect=True`, off by default): an offset on the logit of every task's accuracy shared by all
+  tasks of a run, for runs that beat or trail their loss on every task at once; without it the tasks'
+  scatter is independent and the task average's interval shrinks as 1/sqrt(tasks).
 - Prediction at new (N, D): the loss of a new run (law mean and loss noise, every posterior draw), the
   link at that loss for every task (`metric`), a new evaluation of it (`new_run`, with the task's item and
   extra-binomial noise), and the average over tasks, all as draws (`DownstreamPrediction`).
@@ -61,6 +64,9 @@ POOLINGS = ("partial", "none")
 # Spread of a pooled parameter across tasks, on its unconstrained scale: HalfNormal(1) lets tasks differ by
 # up to a factor ~e^2 in k or gamma while still shrinking small, noisy tasks towards the others.
 TAU_PRIOR = dist.HalfNormal(1.0)
+# Scale of a run's offset on the logit of all its tasks' accuracies: 0.2 lets a run sit ~0.05 above or below
+# the link at accuracy 0.5 on every task at once; larger shifts need the data to ask for them.
+RUN_EFFECT_PRIOR = dist.HalfNormal(0.2)
 LINK_OUTPUTS = ("error", "accuracy", "pass_rate")
 FORMAT_VERSION = 2  # 2: laws saved with their declaration
 
@@ -229,6 +235,7 @@ class ChainSpec:
     metric_likelihood: MetricLikelihood
     pooling: str = "partial"
     shared: tuple[str, ...] = ()  # link parameters with one value for every task
+    run_effect: bool = False  # a logit offset shared by all tasks of a run
 
     def pooled(self, name: str) -> bool:
         """A link parameter is pooled across tasks unless its prior reads the task's statistics."""
@@ -263,6 +270,19 @@ def correct_from_output(output: str, value):
     return 1.0 - value if output == "error" else value
 
 
+def shift_by_run(p_correct, offset):
+    """Probabilities of a correct answer moved by a run's offset on the logit scale (broadcast over tasks)."""
+    p = jnp.clip(p_correct, 1e-12, 1.0 - 1e-12)
+    return jax.nn.sigmoid(jnp.log(p) - jnp.log1p(-p) + offset)
+
+
+def _sample_run_effect(num_runs: int):
+    scale = numpyro.sample("run_effect_sd", RUN_EFFECT_PRIOR)
+    with numpyro.plate("run", num_runs):
+        z = numpyro.sample("_run_effect_z", dist.Normal(0.0, 1.0))
+    return numpyro.deterministic("run_effect", scale * z)
+
+
 def _sample_task_param(name: str, prior: dist.Distribution, pooled: bool, num_tasks: int, shared: bool = False):
     if shared:
         value = numpyro.sample(f"_{name}_shared", prior)
@@ -287,7 +307,8 @@ def chain_model(spec: ChainSpec):
     y=None)`. `metric` holds counts or fractions as `spec.metric_likelihood.observations` makes them;
     `y` is unused (the engine's generic prior draws pass it)."""
     # Laws hold dicts (unhashable): key on their identity, and keep the spec to check it is the same one.
-    key = (id(spec.loss_law), id(spec.link), spec.loss_likelihood, spec.metric_likelihood, spec.pooling, spec.shared)
+    key = (id(spec.loss_law), id(spec.link), spec.loss_likelihood, spec.metric_likelihood, spec.pooling, spec.shared,
+           spec.run_effect)
     if key in _MODELS and _MODELS[key][0].loss_law is spec.loss_law and _MODELS[key][0].link is spec.link:
         return _MODELS[key][1]
     law, link, metric_lik = spec.loss_law, spec.link, spec.metric_likelihood
@@ -319,6 +340,8 @@ def chain_model(spec: ChainSpec):
             phi = _sample_task_param("phi", prior, spec.pooling == "partial", num_tasks)[:, None]
         value = link.mean({k: v[:, None] for k, v in link_params.items()}, {"L": run_loss[None, :]})
         p_correct = probability_correct(link, value)
+        if spec.run_effect:
+            p_correct = shift_by_run(p_correct, _sample_run_effect(num_runs)[None, :])
         total = None if items is None else items[:, None]
         with handlers.mask(mask=True if metric_mask is None else metric_mask):
             numpyro.sample("metric", metric_lik.distribution(p_correct, total, phi), obs=metric)
@@ -408,7 +431,10 @@ def _replicate(spec: ChainSpec, samples, runs: DownstreamRuns, key) -> dict[str,
     latent = law_mean * jnp.exp(noise["sigma"][:, None] * jnp.asarray(samples["_loss_z"]))
     run_loss = jnp.where(jnp.asarray(runs.loss_mask), jnp.asarray(np.nan_to_num(runs.loss, nan=1.0)), latent)
     _, value = chain_values(spec, samples, x, run_loss)
-    accuracy = _new_accuracy(spec, samples, runs, probability_correct(spec.link, value), key_metric)
+    p_correct = probability_correct(spec.link, value)
+    if spec.run_effect:
+        p_correct = shift_by_run(p_correct, jnp.asarray(samples["run_effect"])[:, None, :])
+    accuracy = _new_accuracy(spec, samples, runs, p_correct, key_metric)
     return {"loss": np.asarray(spec.loss_likelihood.sample_new(key_loss, law_mean, noise)), "metric": accuracy}
 
 
@@ -434,7 +460,7 @@ def _to_datatree(mcmc, model, spec: ChainSpec, args, kwargs, runs: DownstreamRun
     prior = prior_draws(model, key_prior, args, kwargs, num_prior_draws)
     ppc = _replicate(spec, flat, runs, key_ppc)
     task_names = [*model.link_params, "phi"]
-    task_dims = {"_loss_z": ["run"]}
+    task_dims = {"_loss_z": ["run"], "_run_effect_z": ["run"], "run_effect": ["run"]}
     for name in task_names:
         task_dims[name] = ["task"]
         task_dims[f"_{name}_z"] = ["task"]
@@ -474,6 +500,7 @@ def fit_downstream(
     metric_likelihood: str | MetricLikelihood = "auto",
     pooling: str = "partial",
     shared: Sequence[str] = (),
+    run_effect: bool = False,
     priors: Mapping[str, PriorSpec] | None = None,
     num_warmup: int = 1000,
     num_samples: int = 1000,
@@ -496,6 +523,10 @@ def fit_downstream(
     "beta". `pooling`: "partial" (hierarchical link across tasks) or "none" (each task on its own).
     `shared`: link parameters with one value for all tasks (e.g. ["gamma"]: with a shared decay rate the
     average error over tasks is itself Gadre's exponential in the loss).
+    `run_effect`: add an offset on the logit of every task's accuracy shared by all tasks of a run, scale
+    `run_effect_sd` ~ HalfNormal(0.2): runs that do better or worse on all tasks than their loss says (data
+    order, tokenizer, over-training), so that the task average's interval does not shrink as if the tasks'
+    scatter were independent. A new run draws a fresh offset.
     `priors`: replaces priors by name (loss-law and link parameters, "sigma"). Non-convergence warns
     (`ConvergenceWarning`) and sets `converged` False.
     """
@@ -524,7 +555,7 @@ def fit_downstream(
     per_task = [n for n in shared if not isinstance(link.params[n].prior, dist.Distribution)]
     if per_task:
         raise ValueError(f"link parameters {per_task} have priors that read each task's chance level: they cannot be shared")
-    spec = ChainSpec(loss_law, link, loss_likelihood, metric_likelihood, pooling, tuple(shared))
+    spec = ChainSpec(loss_law, link, loss_likelihood, metric_likelihood, pooling, tuple(shared), bool(run_effect))
     settings = settings or SamplerSettings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains)
 
     model = chain_model(spec)
@@ -549,7 +580,7 @@ def _checked_params(dt) -> list[str]:
 class DownstreamPrediction:
     """Draws at new points. `loss`: a new run's loss (draws, points); `metric[task]`: the link at that loss
     (the task's expected metric, draws x points); `new_run[task]`: a new evaluation of the task (with its
-    item and extra-binomial noise); `average` / `average_new_run`: the mean over tasks, per draw. Metrics are
+    item and extra-binomial noise, and a fresh run offset under `run_effect`); `average` / `average_new_run`: the mean over tasks, per draw. Metrics are
     in the link's output units (`output`: "error" or "accuracy")."""
 
     points: pd.DataFrame
@@ -606,7 +637,12 @@ def predict_downstream(fit: DownstreamFit, at, *, seed: int = 0, loss: Sequence[
         loss = np.broadcast_to(np.asarray(loss, float), (len(points),))
         new_loss = jnp.broadcast_to(jnp.asarray(loss), law_mean.shape)
     _, value = chain_values(spec, samples, x, new_loss)                                # (draws, tasks, points)
-    accuracy = _new_accuracy(spec, samples, fit.runs, probability_correct(spec.link, value), key_metric)
+    p_correct = probability_correct(spec.link, value)
+    if spec.run_effect:
+        key_metric, key_run = jax.random.split(key_metric)
+        offset = jnp.asarray(samples["run_effect_sd"])[:, None] * jax.random.normal(key_run, law_mean.shape)
+        p_correct = shift_by_run(p_correct, offset[:, None, :])
+    accuracy = _new_accuracy(spec, samples, fit.runs, p_correct, key_metric)
     new_value = 1.0 - accuracy if spec.link.output == "error" else accuracy
     value = np.asarray(value)
     tasks = fit.runs.tasks
@@ -670,6 +706,7 @@ def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
         "metric_likelihood": spec.metric_likelihood.to_dict(),
         "pooling": spec.pooling,
         "shared": list(spec.shared),
+        "run_effect": spec.run_effect,
         "tasks": list(fit.runs.tasks),
         "labels": [str(v) for v in fit.runs.labels],
         "sources": fit.runs.sources,
@@ -711,7 +748,7 @@ def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law 
     loss_law = loss_law.with_priors({k: v for k, v in priors.items() if k in loss_law.params})
     link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
     spec = ChainSpec(loss_law, link, Likelihood(**meta["loss_likelihood"]),
-                     MetricLikelihood(**meta["metric_likelihood"]), meta["pooling"], tuple(meta.get("shared", ())))
+                     MetricLikelihood(**meta["metric_likelihood"]), meta["pooling"], tuple(meta["shared"]), meta["run_effect"])
     constant = dt.constant_data
     runs = DownstreamRuns(
         x={k: np.asarray(constant[k]) for k in loss_law.inputs},

@@ -94,7 +94,7 @@ def holdout_score(fit, held_out: int = 1, *, seed: int | None = None, settings: 
         warnings.simplefilter("ignore")  # the refit's convergence is reported in the result
         refit = ds.fit_downstream(
             past, loss_law=spec.loss_law, link=spec.link, likelihood=spec.loss_likelihood,
-            metric_likelihood=spec.metric_likelihood, pooling=spec.pooling, shared=spec.shared,
+            metric_likelihood=spec.metric_likelihood, pooling=spec.pooling, shared=spec.shared, run_effect=spec.run_effect,
             settings=settings or fit.settings, seed=fit.seed if seed is None else seed,
         )
     # Exact held-out density: every posterior draw of the refit scores the masked accuracies.

@@ -91,6 +91,58 @@ def test_prediction_at_new_run_covers_truth(simulated, binomial_fit):
     np.testing.assert_allclose(prediction.average, np.mean([prediction.metric[t] for t in tasks], axis=0))
 
 
+def simulate_run_effects(seed=0, num_runs=16, scale=0.3):
+    """Six tasks whose accuracies move together by run: a logit offset per run, shared by its tasks."""
+    rng = np.random.default_rng(seed)
+    N = np.exp(rng.uniform(np.log(1e7), np.log(2e9), num_runs))
+    D = N * np.exp(rng.uniform(np.log(5), np.log(500), num_runs))
+    loss = (LOSS["E"] + LOSS["A"] / N ** LOSS["alpha"] + LOSS["B"] / D ** LOSS["beta"]) * np.exp(0.01 * rng.standard_normal(num_runs))
+    d, gamma = np.linspace(0.1, 0.2, 6), np.linspace(0.8, 1.2, 6)
+    err = 0.9 - d[:, None] * np.exp(-gamma[:, None] * (loss[None] - 3.0))
+    offset = scale * rng.standard_normal(num_runs)
+    p = 1 / (1 + np.exp(-(np.log((1 - err) / err) + offset[None])))
+    acc = rng.binomial(2000, p) / 2000
+    table = pd.DataFrame({"N": N, "D": D, "loss": loss, **{f"acc_r{i}": acc[i] for i in range(6)}})
+    return table, [f"acc_r{i}" for i in range(6)], offset
+
+
+def test_run_effect_recovers_shared_offsets_and_widens_the_task_average(tmp_path):
+    from bayescale.cli import main
+
+    table, tasks, offset = simulate_run_effects()
+    table.to_csv(tmp_path / "runs.csv", index=False)
+    # The run-effect chain through the CLI and a saved file: the flag reaches the model and survives loading.
+    code = main(["fit-downstream", str(tmp_path / "runs.csv"), "--task", ",".join(tasks), "--run-effect",
+                 "--metric-likelihood", "binomial", "--chains", "2", "--warmup", "250", "--draws", "250",
+                 *[a for t in tasks for a in ("--items", f"{t}=2000", "--chance", f"{t}=0.1")],
+                 "--out", str(tmp_path / "runs.nc")])
+    assert code == 0  # without --strict a fit that did not converge still exits 0 (and warns)
+    with_runs = ds.load_downstream(tmp_path / "runs.nc")
+    assert with_runs.spec.run_effect
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        without = ds.fit_downstream(table, tasks=tasks, items=dict.fromkeys(tasks, 2000),
+                                    chance=dict.fromkeys(tasks, 0.1), metric_likelihood="binomial", **small())
+    post = with_runs.data.posterior
+    lo, hi = np.quantile(np.asarray(post["run_effect_sd"]).ravel(), [0.05, 0.95])
+    assert lo <= 0.3 <= hi, (lo, hi)
+    # The offsets are identified up to their common mean (it trades with the links' level).
+    fitted = np.asarray(post["run_effect"].median(("chain", "draw")))
+    assert np.corrcoef(fitted, offset)[0, 1] > 0.9
+    # Without the run effect the independent task scatter averages out: the average's interval is narrower,
+    # and it misses more of the runs' actual averages.
+    at = table[["N", "D"]]
+    widths, misses = [], []
+    for fit in (with_runs, without):
+        average = fit.predict(at, loss=table.loss.to_numpy(), seed=1).average_new_run
+        q5, q95 = np.quantile(average, [0.05, 0.95], axis=0)
+        measured = 1 - table[tasks].mean(axis=1).to_numpy()
+        widths.append(np.mean(q95 - q5))
+        misses.append(np.mean((measured < q5) | (measured > q95)))
+    assert widths[0] > 2 * widths[1], widths
+    assert misses[0] <= 0.2 < misses[1], misses
+
+
 def test_metric_likelihoods_agree_where_they_should():
     from bayescale.metric_likelihood import MetricLikelihood
 
