@@ -260,13 +260,9 @@ def _check_laws(loss_law: Law, link: Law) -> None:
         raise ValueError(f"loss law {loss_law.name!r} and link {link.name!r} share parameter names {sorted(clash)}")
 
 
-def probability_correct(link: Law, value):
-    """The link's output as a probability of a correct answer (error links give 1 - error)."""
-    return correct_from_output(link.output, value)
-
-
 def correct_from_output(output: str, value):
-    """A metric in units `output` ("error", "accuracy", "pass_rate") as a probability of a correct answer."""
+    """A metric in units `output` ("error", "accuracy", "pass_rate") as a probability of a correct answer
+    (error links give 1 - error)."""
     return 1.0 - value if output == "error" else value
 
 
@@ -339,7 +335,7 @@ def chain_model(spec: ChainSpec):
             prior = resolve_prior(metric_lik.phi_prior, task_stats)
             phi = _sample_task_param("phi", prior, spec.pooling == "partial", num_tasks)[:, None]
         value = link.mean({k: v[:, None] for k, v in link_params.items()}, {"L": run_loss[None, :]})
-        p_correct = probability_correct(link, value)
+        p_correct = correct_from_output(link.output, value)
         if spec.run_effect:
             p_correct = shift_by_run(p_correct, _sample_run_effect(num_runs)[None, :])
         total = None if items is None else items[:, None]
@@ -431,7 +427,7 @@ def _replicate(spec: ChainSpec, samples, runs: DownstreamRuns, key) -> dict[str,
     latent = law_mean * jnp.exp(noise["sigma"][:, None] * jnp.asarray(samples["_loss_z"]))
     run_loss = jnp.where(jnp.asarray(runs.loss_mask), jnp.asarray(np.nan_to_num(runs.loss, nan=1.0)), latent)
     _, value = chain_values(spec, samples, x, run_loss)
-    p_correct = probability_correct(spec.link, value)
+    p_correct = correct_from_output(spec.link.output, value)
     if spec.run_effect:
         p_correct = shift_by_run(p_correct, jnp.asarray(samples["run_effect"])[:, None, :])
     accuracy = _new_accuracy(spec, samples, runs, p_correct, key_metric)
@@ -637,7 +633,7 @@ def predict_downstream(fit: DownstreamFit, at, *, seed: int = 0, loss: Sequence[
         loss = np.broadcast_to(np.asarray(loss, float), (len(points),))
         new_loss = jnp.broadcast_to(jnp.asarray(loss), law_mean.shape)
     _, value = chain_values(spec, samples, x, new_loss)                                # (draws, tasks, points)
-    p_correct = probability_correct(spec.link, value)
+    p_correct = correct_from_output(spec.link.output, value)
     if spec.run_effect:
         key_metric, key_run = jax.random.split(key_metric)
         offset = jnp.asarray(samples["run_effect_sd"])[:, None] * jax.random.normal(key_run, law_mean.shape)

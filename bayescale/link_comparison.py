@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Mapping
 
 import arviz as az
-import jax
 import numpy as np
 import pandas as pd
 from jax.scipy.special import logsumexp
@@ -100,8 +99,7 @@ def holdout_score(fit, held_out: int = 1, *, seed: int | None = None, settings: 
     # Exact held-out density: every posterior draw of the refit scores the masked accuracies.
     model = ds.chain_model(refit.spec)
     args, kwargs = ds.model_inputs(runs, refit.spec.metric_likelihood)
-    samples = {k: jax.numpy.asarray(v) for k, v in ds.posterior_draws(refit).items()}
-    ll = np.asarray(pointwise_log_likelihood(model, samples, args, kwargs)["metric"])   # (draws, tasks, runs)
+    ll = np.asarray(pointwise_log_likelihood(model, ds.posterior_draws(refit), args, kwargs)["metric"])  # (draws, tasks, runs)
     observed = runs.metric_mask[:, future]
     cells = ll[:, :, future][:, observed]                                       # (draws, observed held-out)
     elpd_cells = np.asarray(logsumexp(cells, axis=0)) - np.log(len(cells))
