@@ -314,10 +314,11 @@ GADRE_TASKS = [f"acc_{t}" for t in (
 
 
 @functools.lru_cache(maxsize=None)
-def gadre_chain(link: str, pooling: str):
+def gadre_chain(link: str, pooling: str, seed: int = 0, target_accept_prob: float = 0.99, max_tree_depth: int = 10):
     """Gadre et al.'s downstream experiment (../shared/data/README.md) in the chained model: the five small
     RedPajama runs and the 1.4B run at multiplier 1 fitted (tied-exponent loss law, with the noise prior of
-    tests/test_overtrain.py); returns the fit and the two targets (1.4B x32, 6.9B x1)."""
+    tests/test_overtrain.py); returns the fit and the two targets (1.4B x32, 6.9B x1). Also used by
+    benchmarks/downstream_seeds.py."""
     import os
 
     import numpyro.distributions as dist
@@ -335,15 +336,16 @@ def gadre_chain(link: str, pooling: str):
         warnings.simplefilter("ignore")
         chain = ds.fit_downstream(fit_set, tasks=GADRE_TASKS, loss_law="overtrain", link=link, loss_column="loss_c4_val",
                                   columns={"N": "N_params", "D": "D_tokens"}, items=items, chance=chance,
-                                  pooling=pooling, priors={"sigma": dist.HalfNormal(0.02)},
-                                  settings=bs.SamplerSettings(num_warmup=2000, num_samples=1000, target_accept_prob=0.99))
+                                  pooling=pooling, priors={"sigma": dist.HalfNormal(0.02)}, seed=seed,
+                                  settings=bs.SamplerSettings(num_warmup=2000, num_samples=1000, target_accept_prob=target_accept_prob,
+                                                              max_tree_depth=max_tree_depth))
     return chain, targets
 
 
-def gadre_forecast(link: str, pooling: str):
+def gadre_forecast(link: str, pooling: str, seed: int = 0):
     """The 17-task average top-1 error of the two targets: (5%, 50%, 95% quantiles, measured values)."""
-    chain, targets = gadre_chain(link, pooling)
-    prediction = chain.predict({"N": targets.N_params.to_numpy(), "D": targets.D_tokens.to_numpy()})
+    chain, targets = gadre_chain(link, pooling, seed)
+    prediction = chain.predict({"N": targets.N_params.to_numpy(), "D": targets.D_tokens.to_numpy()}, seed=seed)
     error = prediction.average_new_run if prediction.output == "error" else 1 - prediction.average_new_run
     true = 1 - targets[GADRE_TASKS].mean(axis=1).to_numpy()
     return (*np.quantile(error, [0.05, 0.5, 0.95], axis=0), true)
@@ -352,7 +354,7 @@ def gadre_forecast(link: str, pooling: str):
 # Measured (4 x 2000 + 1000, seed 0; median relative error of the 17-task average error, 1.4B x32 / 6.9B x1),
 # see notebooks/03_downstream.ipynb. The sigmoid link with partial pooling, which bayescale.link_comparison
 # picks on the six fitted runs alone: +4.7% / +2.3%, both inside the 90% interval (+4.1% to +4.7% at 1.4B
-# over five runs of different lengths); each task separately (sigmoid): +4.9% / +2.5%. The exponential link
+# over five runs of different lengths, +4.36% to +4.68% over seeds 0-3: benchmarks/downstream_seeds.py); each task separately (sigmoid): +4.9% / +2.5%. The exponential link
 # per task: -13.0% / -23.3%, the 6.9B run outside its interval. Gadre et al.'s one exponential on the
 # average: +3.9% / +0.3%. The 4% requirement is met at 6.9B and missed at 1.4B x32: these tests record it.
 @pytest.mark.slow
