@@ -26,16 +26,16 @@ from pathlib import Path
 import bayescale as bs
 import jax
 import numpy as np
+from bayescale.downstream import correct_from_output
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from test_downstream import GADRE_TASKS, gadre_chain  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-TARGETS = ("1.4B x32", "6.9B x1")
 
 
 def average_error(prediction) -> np.ndarray:
-    return prediction.average_new_run if prediction.output == "error" else 1 - prediction.average_new_run
+    return 1 - correct_from_output(prediction.output, prediction.average_new_run)
 
 
 def scored(error_draws: np.ndarray, true: np.ndarray) -> dict:

@@ -346,7 +346,7 @@ def gadre_forecast(link: str, pooling: str, seed: int = 0):
     """The 17-task average top-1 error of the two targets: (5%, 50%, 95% quantiles, measured values)."""
     chain, targets = gadre_chain(link, pooling, seed)
     prediction = chain.predict({"N": targets.N_params.to_numpy(), "D": targets.D_tokens.to_numpy()}, seed=seed)
-    error = prediction.average_new_run if prediction.output == "error" else 1 - prediction.average_new_run
+    error = 1 - ds.correct_from_output(prediction.output, prediction.average_new_run)
     true = 1 - targets[GADRE_TASKS].mean(axis=1).to_numpy()
     return (*np.quantile(error, [0.05, 0.5, 0.95], axis=0), true)
 
@@ -397,7 +397,7 @@ def test_link_choice_on_the_fitted_runs_prefers_the_sigmoid():
     targets = gadre_chain("link_sigmoid", "partial")[1]
     at = {"N": targets.N_params.to_numpy(), "D": targets.D_tokens.to_numpy()}
     mixed = bs.average_downstream(chains, at, comparison=table)
-    error = 1 - mixed.average_new_run if mixed.output == "accuracy" else mixed.average_new_run
+    error = 1 - ds.correct_from_output(mixed.output, mixed.average_new_run)
     lo, median, hi = np.quantile(error, [0.05, 0.5, 0.95], axis=0)
     true = 1 - targets[GADRE_TASKS].mean(axis=1).to_numpy()
     assert np.all((lo <= true) & (true <= hi)), (lo, hi, true)
