@@ -15,9 +15,11 @@ _configure()
 from bayescale.diagnostics import ConvergenceWarning, Diagnostics, Thresholds, check_convergence  # noqa: E402
 from bayescale.examples import EXAMPLES, load_example  # noqa: E402
 from bayescale.fit import Fit, fit  # noqa: E402
+from bayescale.misfit import Misfit, MisfitWarning, check_misfit  # noqa: E402
 from bayescale.inference import SamplerSettings  # noqa: E402
 from bayescale.law import Derivation, Law, Param, get_law, laws, register_law  # noqa: E402
 from bayescale.likelihood import Likelihood  # noqa: E402
+from bayescale.discrepancy import Discrepancy  # noqa: E402
 from bayescale.optimal import Allocation, optimal_allocation  # noqa: E402
 from bayescale.persistence import load, save  # noqa: E402
 from bayescale.posterior import draws, summary  # noqa: E402
@@ -27,14 +29,16 @@ from bayescale.runs import DataError, Runs, read_table, runs_from_table  # noqa:
 from bayescale.evidence import Evidence, log_evidence  # noqa: E402
 from bayescale.compare import compare, format_notes  # noqa: E402
 from bayescale.averaging import average_downstream, average_predict  # noqa: E402
+from bayescale.backtest import Backtest, backtest  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Allocation", "ConvergenceWarning", "DataError", "Derivation", "Diagnostics", "EXAMPLES", "Fit", "Law",
-    "Likelihood", "Param", "Prediction", "Runs", "SamplerSettings", "Thresholds", "check_convergence", "draws",
+    "Discrepancy", "Likelihood", "Param", "Prediction", "Runs", "SamplerSettings", "Thresholds", "check_convergence", "draws",
     "fit", "get_law", "laws", "load", "load_example", "optimal_allocation", "predict", "read_table",
     "register_law", "runs_from_table", "save", "summary",
     "prior_predictive", "PriorPredictive",
-    "Evidence", "average_downstream", "average_predict", "compare", "format_notes", "log_evidence",
+    "Backtest", "backtest", "Evidence", "average_downstream", "average_predict", "compare", "format_notes", "log_evidence",
+    "Misfit", "MisfitWarning", "check_misfit",
 ]

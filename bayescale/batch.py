@@ -190,14 +190,14 @@ def _fit_many(program, settings, map_starts, map_iter, keys, args, kwargs):
     return jax.vmap(partial(_fit_one, program, settings, map_starts, map_iter))(keys, args, kwargs)
 
 
-@partial(jax.jit, static_argnames=("model", "num_prior_draws"))
-def _predictive_many(model, keys, samples, args, kwargs, num_prior_draws):
+@partial(jax.jit, static_argnames=("model", "num_prior_draws", "conditional"))
+def _predictive_many(model, keys, samples, args, kwargs, num_prior_draws, conditional=False):
     """Posterior predictive, pointwise log-likelihood and prior draws of every data set (as in fit())."""
 
     def one(key, samples, args, kwargs):
         _, _, key_pred = jax.random.split(key, 3)
         key_ppc, key_prior = jax.random.split(key_pred)
-        ppc = posterior_predictive_draws(model, key_ppc, samples, args, kwargs)
+        ppc = posterior_predictive_draws(model, key_ppc, samples, args, kwargs, conditional=conditional)
         loglik = pointwise_log_likelihood(model, samples, args, kwargs)
         prior = prior_draws(model, key_prior, args, kwargs, num_prior_draws)
         return {"ppc": ppc["y"], "loglik": loglik["y"], "prior": prior}
@@ -308,13 +308,15 @@ class BatchFit:
             flat = {k: v.reshape(v.shape[0], -1, *v.shape[3:]) for k, v in self.samples.items()}
             keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(self.seeds))
             inputs, count = _shard_inputs((keys, flat, args, kwargs), len(self), self.shard)
-            out = _predictive_many(model, *inputs, self.num_prior_draws)
+            out = _predictive_many(model, *inputs, self.num_prior_draws, self.likelihood.discrepancy is not None)
             self._predictive = jax.tree.map(lambda a: np.asarray(a)[:count], out)
         return self._predictive
 
-    def fit(self, i: int):
-        """The engine's `Fit` of data set `i` (padding removed), as `bayescale.fit.fit` would return it."""
+    def fit(self, i: int, misfit_checks: bool = True):
+        """The engine's `Fit` of data set `i` (padding removed), as `bayescale.fit.fit` would return it
+        (`misfit_checks`: with its `bayescale.misfit` checks, ~0.1 s, but without the warnings)."""
         from bayescale.fit import Fit, datatree_from_draws
+        from bayescale.misfit import applies, check_misfit
 
         pred = self.predictive()
         n = int(self.stacked.sizes[i])
@@ -338,6 +340,7 @@ class BatchFit:
             seed=int(self.seeds[i]),
             map={k: float(v[i]) for k, v in self.map.items() if not k.startswith("_") and np.ndim(v[i]) == 0},
             priors=self.priors,
+            misfit=check_misfit(dt, self.runs[i].labels) if misfit_checks and applies(dt, self.likelihood.family) else None,
         )
 
 
@@ -346,6 +349,7 @@ def fit_batch(
     law: str | Law,
     *,
     likelihood: str | Likelihood = "normal",
+    discrepancy: Any = "default",
     priors: Mapping[str, Any] | None = None,
     settings: SamplerSettings | None = None,
     seeds: Sequence[int] | int = 0,
@@ -358,7 +362,7 @@ def fit_batch(
     chunk_size: int | None = 256,
 ) -> BatchFit:
     """Fit `law` to every data set in `runs_list` (validated `Runs`, e.g. from `runs_from_table`) in one
-    vmapped program. `seeds`: one per data set, or an int s giving data set i the seed s + i. `num_runs`: pad
+    vmapped program. `likelihood` and `discrepancy`: as in `bayescale.fit`. `seeds`: one per data set, or an int s giving data set i the seed s + i. `num_runs`: pad
     to this many runs (a fixed width lets batches of different data share one compiled program).
     `shard`: split the data sets over all local devices when there are several. `chunk_size`: at most this
     many data sets per call of the compiled program (the last chunk padded to it, so one compilation serves
@@ -367,7 +371,7 @@ def fit_batch(
     from bayescale.fit import _check_prior_names
 
     law = get_law(law)
-    likelihood = as_likelihood(likelihood)
+    likelihood = as_likelihood(likelihood, discrepancy)
     priors = dict(priors or {})
     _check_prior_names(priors, law, likelihood)
     law, likelihood = law.with_priors(priors), likelihood.with_priors(priors)

@@ -103,10 +103,12 @@ def cmd_fit(args) -> int:
         table, law, columns, y = args.data, args.law, parse_columns(args.column), args.y or "loss"
         if not law:
             raise ValueError("--law is required (see `bayescale laws`)")
-    likelihood = bs.Likelihood(family=args.likelihood, nu=None if args.nu == "fit" else float(args.nu))
+    likelihood = bs.Likelihood(family=args.likelihood, nu=None if args.nu == "fit" else float(args.nu),
+                               discrepancy=_discrepancy(args.discrepancy))
     priors = dict(parse_prior(p) for p in args.prior or [])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bs.ConvergenceWarning)
+        warnings.simplefilter("always", bs.MisfitWarning)
         result = bs.fit(
             table, law, columns=columns, y=y, se=args.se, likelihood=likelihood, priors=priors,
             num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed,
@@ -114,17 +116,71 @@ def cmd_fit(args) -> int:
             pooling=args.pooling, sequence=_sequence(args.sequence),
         )
     for w in caught:
-        if issubclass(w.category, bs.ConvergenceWarning):
+        if issubclass(w.category, (bs.ConvergenceWarning, bs.MisfitWarning)):
             print(f"WARNING: {w.message}", file=sys.stderr)
     out = Path(args.out)
     bs.save(result, out)
     if args.json:
         _json({"file": str(out), "law": result.law.name, "converged": result.converged,
-               "summary": result.summary().to_dict(orient="index"), "diagnostics": result.diagnostics.to_dict()})
+               "summary": result.summary().to_dict(orient="index"), "diagnostics": result.diagnostics.to_dict(),
+               "misfit": None if result.misfit is None else result.misfit.to_dict()})
     else:
         print(f"{result!r} -> {out}")
         _print_table(result.summary())
     return EXIT_NOT_CONVERGED if args.strict and not result.converged else 0
+
+
+def _discrepancy(name: str):
+    """The --discrepancy choice as `Likelihood(discrepancy=...)` takes it."""
+    if name == "default":
+        from bayescale.discrepancy import DEFAULT_DISCREPANCY
+
+        return DEFAULT_DISCREPANCY
+    return None if name == "none" else name
+
+
+def _shares(text: str) -> list[float]:
+    try:
+        return [float(v) for v in _names(text)]
+    except ValueError:
+        raise ValueError(f"--cuts: expected shares or counts separated by commas (e.g. 0.4,0.25,0.15), got {text!r}") from None
+
+
+def cmd_backtest(args) -> int:
+    import bayescale as bs
+    from bayescale.backtest import backtest
+
+    likelihood = bs.Likelihood(family=args.likelihood, discrepancy=_discrepancy(args.discrepancy))
+    priors = dict(parse_prior(p) for p in args.prior or [])
+    laws = [name for item in args.law for name in _names(item)]
+    result = backtest(
+        args.data, laws, columns=parse_columns(args.column), y=args.y, likelihood=likelihood, priors=priors,
+        by=args.by, holdout=args.holdout, cuts=_shares(args.cuts) if args.cuts else None,
+        holdout_column=args.holdout_column, datasets=args.datasets, num_warmup=args.warmup,
+        num_samples=args.draws, num_chains=args.chains, seed=args.seed,
+    )
+    scores = result.scores()
+    weights = result.weights() if len(laws) > 1 else None
+    if args.out:
+        result.table.to_csv(args.out, index=False)
+    if args.json:
+        _json({"scores": scores.reset_index().to_dict(orient="records"), "weights": weights,
+               "refits": result.refits.to_dict(orient="records"),
+               **({"runs": result.table.to_dict(orient="records")} if not args.out else {"runs_file": args.out})})
+        return 0
+    failed = result.refits[~result.refits["converged"]]
+    for _, row in failed.iterrows():
+        print(f"WARNING: the refit of {row['law']} on fold {row['fold']} did not converge", file=sys.stderr)
+    columns = ["runs", "coverage50", "coverage90", "interval_score90", "width90", "crps", "mean_lpd",
+               "median_rel_error", "max_extrapolation", "refits_converged"]
+    _print_table(scores[columns])
+    if weights:
+        print("stacking weights from the held-out runs: " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()))
+    for law, row in scores.iterrows():
+        if row["runs"] >= 10 and row["coverage90"] < 0.8:
+            print(f"{law}: its 90% intervals held {row['coverage90']:.0%} of the held-out runs: they are too narrow "
+                  f"beyond the data; try --discrepancy random_walk or another law")
+    return 0
 
 
 def cmd_summary(args) -> int:
@@ -185,7 +241,8 @@ def cmd_compare(args) -> int:
             name, k = f"{Path(path).stem}_{k}", k + 1
         fits[name] = bs.load(path)
     weights = {k: float(v) for k, v in _key_values(args.prior_weights, "--prior-weights").items()} if args.prior_weights else None
-    table = compare(fits, prior_weights=weights, extrapolation=args.extrapolation, holdout=args.holdout, seed=args.seed)
+    table = compare(fits, prior_weights=weights, extrapolation=args.extrapolation, holdout=args.holdout, by=args.by,
+                    seed=args.seed)
     if args.json:
         _json({"table": table.to_dict(orient="index"), "notes": table.attrs["notes"], "warnings": table.attrs["warnings"]})
     else:
@@ -345,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--se", help="column of known standard errors of the output")
     p.add_argument("--likelihood", default="normal", choices=["normal", "student_t", "ar1"])
     p.add_argument("--nu", default="4", help="Student-t degrees of freedom, or 'fit'")
+    p.add_argument("--discrepancy", default="default", choices=["default", "none", "random_walk"],
+                   help="model discrepancy growing with the distance from the fitted runs (bayescale.discrepancy); "
+                        "default: the package default")
     p.add_argument("--sequence", metavar="RUN,STEP", help="training curves: run and step columns (needed by --likelihood ar1)")
     p.add_argument("--prior", action="append", metavar="NAME=DIST(ARGS)", help="override a prior, e.g. alpha='LogNormal(-1.2, 0.5)'")
     p.add_argument("--chains", type=int, default=4)
@@ -386,9 +446,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-weights", metavar="NAME=W,...", help="prior model weights by file stem (default equal)")
     p.add_argument("--extrapolation", action="store_true", help="refit without the largest-compute runs and score them")
     p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction (or count if >= 1) for --extrapolation")
+    p.add_argument("--by", help="input to rank runs by for --extrapolation (default: compute C, else the first input)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("backtest", help="refit without the largest runs and score the forecasts of them")
+    p.add_argument("data", help="CSV, TSV or Parquet table of runs")
+    p.add_argument("--law", action="append", required=True, metavar="LAW[,LAW...]", help="law(s) to backtest")
+    p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
+    p.add_argument("--y", default="loss", help="output column (default: loss)")
+    p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
+    p.add_argument("--discrepancy", default="default", choices=["default", "none", "random_walk"],
+                   help="model discrepancy (bayescale.discrepancy); default: the package default")
+    p.add_argument("--prior", action="append", metavar="NAME=DIST(ARGS)", help="override a prior")
+    p.add_argument("--by", help="input to rank runs by (default: compute C where derivable, else the first input)")
+    p.add_argument("--holdout", type=float, help="share (< 1) or count of the largest runs held out (default 0.2)")
+    p.add_argument("--cuts", metavar="S1,S2,...", help="rolling origins: several shares or counts held out in turn")
+    p.add_argument("--holdout-column", help="boolean column: True marks a held-out run")
+    p.add_argument("--datasets", help="column naming independent data sets (each backtested on its own)")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the per-run scores to this CSV")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser("fit-downstream", help="fit loss law and link to loss and task accuracies as one posterior")
     p.add_argument("data", help="CSV, TSV or Parquet table: loss-law inputs, a loss column, accuracy columns")

@@ -10,8 +10,9 @@ One table, one row per fit (all fitted to the same runs):
 - WAIC: ArviZ 1.x dropped `waic`; it is computed here from the fit's pointwise log-likelihood
   (Watanabe 2010; Gelman, Hwang & Vehtari 2014: elpd_waic = sum_i [lppd_i - var_s log p(y_i | theta_s)]).
 - Stacking weights (Yao et al. 2018, `az.compare`): the mixture of families that predicts left-out runs best.
-- Extrapolation score (optional, refits every family): hold out the largest-compute runs, fit the rest,
-  and score the held-out runs: log predictive density, median relative error, 90% interval coverage. For
+- Extrapolation score (optional, refits every family through `bayescale.backtest`): hold out the largest
+  runs (by compute, or any input), fit the rest, and score the held-out runs: log predictive density, median
+  relative error, 50% and 90% interval coverage, interval score. For
   scaling laws this is the question that matters: does the law forecast the bigger runs?
 
 `table.attrs["notes"]` explains every column in plain language; `table.attrs["warnings"]` lists what makes
@@ -21,20 +22,17 @@ priors are widened, a Laplace estimate far from the bridge one).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import arviz as az
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy.special import logsumexp
 
 from bayescale.evidence import evidence_report
-from bayescale.runs import DataError, Runs, resolve_inputs
+from bayescale.runs import DataError
 
 NOTES = {
     "log_z": "log evidence p(data | family), nats: how well the family with its priors predicted the data "
@@ -66,6 +64,9 @@ NOTES = {
     "extrap_rel_error": "median |predicted / observed - 1| on the held-out runs (posterior median forecast).",
     "extrap_coverage90": "fraction of held-out runs inside the 90% predictive interval of a new run "
                          "(about 0.9 if the uncertainty is honest; with few held-out runs this is coarse).",
+    "extrap_coverage50": "the same for the central 50% interval (about 0.5 if honest).",
+    "extrap_interval_score90": "mean interval score of the 90% interval on log loss (Gneiting and Raftery 2007): "
+                               "its width plus 20x any miss; lower is better. Rewards narrow intervals that hold.",
     "converged": "whether the fit passed its convergence checks; if not, every number in the row is suspect.",
 }
 
@@ -145,82 +146,44 @@ def stacking_weights(named: Mapping[str, Any]) -> dict[str, float]:
 
 # ---- extrapolation ----
 
-def compute_of_runs(runs: Runs, law) -> np.ndarray:
-    """Training compute of each run (C, or 6 N D, derived where possible); for a law of one input that is
-    not N, D or C, that input (the scaling axis)."""
-    try:
-        values, _ = resolve_inputs(runs.x, ["C"], law.all_derivations())
-        return np.asarray(values["C"], float)
-    except DataError:
-        if len(runs.x) == 1:
-            return np.asarray(next(iter(runs.x.values())), float)
-        raise DataError(
-            f"law {law.name!r}: cannot rank runs by compute from inputs {sorted(runs.x)}; give C, or N and D"
-        ) from None
+def holdout_mask(named: Mapping[str, Any], holdout: float | int, by: str | None = None) -> np.ndarray:
+    """The runs held out for the extrapolation score: the largest `holdout` share (or count) by input `by`
+    (default: the first law's scaling axis, compute C where its inputs give it), ties at the cut held out
+    too (`bayescale.backtest.largest`). The first fit whose law can rank its runs by `by` decides; all fits
+    share the runs, so they share the mask."""
+    from bayescale.backtest import largest, ranking_values, scaling_axis
 
-
-def holdout_split(compute: np.ndarray, holdout: float | int) -> np.ndarray:
-    """Boolean mask of the held-out runs: the `holdout` largest-compute ones (a fraction if < 1)."""
-    n = len(compute)
-    count = int(holdout) if holdout >= 1 else max(1, int(round(holdout * n)))
-    if not 0 < count < n - 2:
-        raise ValueError(f"holdout {holdout!r} leaves {n - count} of {n} runs to fit; hold out fewer")
-    order = np.argsort(compute, kind="stable")
-    mask = np.zeros(n, bool)
-    mask[order[-count:]] = True
-    return mask
-
-
-def _subset(runs: Runs, keep: np.ndarray) -> Runs:
-    """The runs where `keep` is True, with group codes and run-order links (`prev`) carried over."""
-    prev = None
-    if runs.prev is not None:
-        before = np.maximum(runs.prev[keep], 0)  # a run's first point: any valid index, masked below
-        prev = np.where((runs.prev[keep] >= 0) & keep[before], (np.cumsum(keep) - 1)[before], -1)
-    return dataclasses.replace(
-        runs,
-        x={k: v[keep] for k, v in runs.x.items()},
-        y=None if runs.y is None else runs.y[keep],
-        se=None if runs.se is None else runs.se[keep],
-        labels=runs.labels[keep] if len(runs.labels) == len(keep) else runs.labels,
-        groups=None if runs.groups is None else runs.groups[keep],
-        prev=prev,
-    )
+    first = next(iter(named.values()))
+    by = by or scaling_axis(first.law)
+    for fit in named.values():
+        try:
+            values = ranking_values(fit.runs, fit.law, by)
+        except DataError:
+            continue
+        mask, _ = largest(values, holdout)
+        if len(values) - mask.sum() < 3:
+            raise ValueError(f"holdout {holdout!r} leaves {len(values) - int(mask.sum())} of {len(values)} runs to fit; hold out fewer")
+        return mask
+    raise DataError(f"no fit's law can rank its runs by {by!r}; pass by= one of their inputs")
 
 
 def extrapolation_score(fit, held_out: np.ndarray, *, seed: int = 0, settings=None) -> dict[str, float]:
-    """Refit `fit`'s law, likelihood and priors on the runs not `held_out`, and score the held-out runs."""
-    from bayescale.fit import fit as run_fit
-    from bayescale.posterior import draws
-    from bayescale.predictive import law_mean_draws
+    """Refit `fit`'s law, likelihood and priors on the runs not `held_out`, and score the held-out runs
+    (`bayescale.backtest`)."""
+    from bayescale.backtest import backtest
 
     if fit.law.numpyro_model is not None:
         raise ValueError(f"law {fit.law.name!r} is a raw NumPyro model: the extrapolation score needs a declared mean")
-    train, test = _subset(fit.runs, ~held_out), _subset(fit.runs, held_out)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        grouped = {} if fit.grouping is None else {"pooling": fit.grouping.level, "group_scale": fit.grouping.scale}
-        refit = run_fit(train, fit.law, likelihood=fit.likelihood, settings=settings or fit.settings, seed=seed,
-                        **grouped)
-    samples = draws(refit)
-    if refit.grouping is not None:  # each held-out run at its own group's parameters
-        from bayescale.grouping import group_params
-
-        samples = {**samples, **group_params(refit.law, refit.grouping, samples, {}, test.groups, jax.random.PRNGKey(seed))}
-    mean = law_mean_draws(refit.law, samples, test.x)                       # (draws, held-out runs)
-    noise = {k: jnp.asarray(samples[k])[:, None] for k in refit.likelihood.param_names}
-    se = None if test.se is None else jnp.asarray(test.se)[None, :]
-    log_p = np.asarray(refit.likelihood.distribution(jnp.asarray(mean), noise, se).log_prob(jnp.asarray(test.y)[None, :]))
-    lpd_i = logsumexp(log_p, axis=0) - np.log(log_p.shape[0])
-    new_run = np.asarray(refit.likelihood.sample_new(jax.random.PRNGKey(seed), jnp.asarray(mean),
-                                                     {k: samples[k] for k in refit.likelihood.param_names}))
-    low, median, high = np.quantile(new_run, [0.05, 0.5, 0.95], axis=0)
+    result = backtest(fit, mask=held_out, settings=settings or fit.settings, seed=seed)
+    row = result.scores().iloc[0]
     return {
-        "extrap_elpd": float(lpd_i.sum()),
-        "extrap_rel_error": float(np.median(np.abs(median / test.y - 1))),
-        "extrap_coverage90": float(np.mean((test.y >= low) & (test.y <= high))),
+        "extrap_elpd": float(row["elpd"]),
+        "extrap_rel_error": float(row["median_rel_error"]),
+        "extrap_coverage50": float(row["coverage50"]),
+        "extrap_coverage90": float(row["coverage90"]),
+        "extrap_interval_score90": float(row["interval_score90"]),
         "extrap_runs": int(held_out.sum()),
-        "extrap_converged": bool(refit.converged),
+        "extrap_converged": bool(result.refits["converged"].all()),
     }
 
 
@@ -232,6 +195,7 @@ def compare(
     *,
     extrapolation: bool = False,
     holdout: float | int = 0.2,
+    by: str | None = None,
     widen_factor: float | None = 2.0,
     cross_check: bool = True,
     seed: int = 0,
@@ -239,8 +203,9 @@ def compare(
     """Compare fits of different law families to the same runs; see the module docstring for the columns.
 
     `fits`: a dict name -> Fit, or a list (named by law). `prior_weights`: prior model weights by name
-    (default equal; missing names get 0). `extrapolation=True` refits each family without its `holdout`
-    largest-compute runs (a fraction, or a count) and scores them. `widen_factor=None` skips the prior
+    (default equal; missing names get 0). `extrapolation=True` refits each family without the `holdout`
+    largest runs by `by` (a fraction, or a count; default by compute C, or the first law's input) and scores
+    them with `bayescale.backtest`. `widen_factor=None` skips the prior
     sensitivity, `cross_check=False` the Laplace estimate. Rows are sorted by log evidence.
     """
     named = _named(fits)
@@ -268,8 +233,7 @@ def compare(
         table.loc[name, "stacking_weight"] = weight
 
     if extrapolation:
-        first = named[names[0]]
-        held_out = holdout_split(compute_of_runs(first.runs, first.law), holdout)
+        held_out = holdout_mask(named, holdout, by)
         for name, fit in named.items():
             for key, value in extrapolation_score(fit, held_out, seed=seed).items():
                 table.loc[name, key] = value

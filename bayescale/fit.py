@@ -9,6 +9,7 @@ check fails. Everything random comes from one `seed`.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from bayescale.inference import SamplerSettings, run_nuts
 from bayescale.law import Law, PriorSpec, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.map_estimate import MapResult, map_estimate
+from bayescale.misfit import Misfit, MisfitWarning, applies as misfit_applies, check_misfit, warn_if_misfit
 from bayescale.model import law_model, pointwise_log_likelihood, posterior_predictive_draws, prior_draws
 from bayescale.grouping import Grouping, group_stats, grouped_law_model, make_grouping
 from bayescale.runs import DataError, Runs, runs_from_table
@@ -45,6 +47,7 @@ class Fit:
     map: dict[str, float] = field(default_factory=dict)
     priors: dict[str, Any] = field(default_factory=dict)  # the overrides this fit used, as given
     grouping: Grouping | None = None  # grouped fits: which parameters vary by group, and how
+    misfit: Misfit | None = None  # leave-one-out misfit checks (bayescale.misfit); None when not run
 
     @property
     def converged(self) -> bool:
@@ -102,7 +105,7 @@ def model_inputs(runs: Runs, mask=None) -> tuple[tuple, dict]:
 
 
 def _check_prior_names(priors: Mapping[str, PriorSpec], law: Law, likelihood: Likelihood) -> None:
-    known = set(law.param_names) | {"sigma", "nu", "rho"}
+    known = set(law.param_names) | {"sigma", "nu", "rho", "drift"}
     unknown = sorted(set(priors) - known)
     if unknown:
         raise KeyError(f"priors given for unknown parameters {unknown}; law {law.name!r} has {sorted(known)}")
@@ -117,7 +120,7 @@ _SAMPLE_STATS = {  # numpyro extra field -> ArviZ sample_stats name
 }
 
 
-def to_datatree(mcmc, model, args, kwargs, runs: Runs, key, prior_draw_count: int = 500):
+def to_datatree(mcmc, model, args, kwargs, runs: Runs, key, prior_draw_count: int = 500, conditional: bool = False):
     """Posterior, sample stats, pointwise log-likelihood, posterior and prior predictive, observed and
     constant data of a finished MCMC, as an ArviZ DataTree. The draws are made by jitted functions of
     `bayescale.model` (numpyro's Predictive runs op by op and took seconds here)."""
@@ -130,7 +133,7 @@ def to_datatree(mcmc, model, args, kwargs, runs: Runs, key, prior_draw_count: in
     extra = mcmc.get_extra_fields(group_by_chain=True)
     sample_stats = {name: np.asarray(extra[field]) for field, name in _SAMPLE_STATS.items() if field in extra}
     sample_stats["lp"] = -np.asarray(extra["potential_energy"])
-    ppc = posterior_predictive_draws(model, key_ppc, flat, args, kwargs)
+    ppc = posterior_predictive_draws(model, key_ppc, flat, args, kwargs, conditional=conditional)
     loglik = pointwise_log_likelihood(model, flat, args, kwargs)
     prior = prior_draws(model, key_prior, args, kwargs, prior_draw_count)
     return datatree_from_draws(
@@ -181,6 +184,7 @@ def fit(
     y: str = "loss",
     se: str | None = None,
     likelihood: str | Likelihood = "normal",
+    discrepancy: Any = "default",
     priors: Mapping[str, PriorSpec] | None = None,
     num_warmup: int = 1000,
     num_samples: int = 1000,
@@ -196,13 +200,16 @@ def fit(
     shared: tuple[str, ...] | list[str] = (),
     group_scale: float = 0.5,
     sequence: tuple[str, str] | None = None,
+    misfit_checks: bool = True,
 ) -> Fit:
     """Fit `law` to a table of runs with NUTS; see the module docstring.
 
     `columns` maps law inputs (or inputs they derive from, e.g. C) to table columns; `y` is the output
     column, `se` an optional column of known standard errors. `likelihood`: "normal" (on log y) or
-    "student_t" (robust), or a `Likelihood`. `priors` replaces priors by parameter name (law parameters,
-    "sigma", "nu"). A fit that fails its convergence checks emits a `ConvergenceWarning` and has
+    "student_t" (robust), or a `Likelihood`. `discrepancy`: "random_walk" (or a
+    `bayescale.Discrepancy`) adds a model-discrepancy term whose variance grows with the distance from the
+    fitted runs (`bayescale.discrepancy`), None for independent noise around the law. `priors` replaces
+    priors by parameter name (law parameters, "sigma", "nu", "drift"). A fit that fails its convergence checks emits a `ConvergenceWarning` and has
     `fit.converged == False`.
 
     Grouped fits (`bayescale.grouping`): `group` names the column of each run's group; `pooling`
@@ -212,9 +219,12 @@ def fit(
 
     Training curves: `sequence=(run column, step column)` orders each run's points, for the "ar1"
     likelihood (correlated residuals within a run); the "ar1" likelihood requires it.
+
+    `misfit_checks`: check each run with PSIS-LOO Pareto k and LOO-PIT (`bayescale.misfit`; not for "ar1",
+    whose points are not exchangeable) and emit a `MisfitWarning` naming the runs the model does not describe.
     """
     law = get_law(law)
-    likelihood = as_likelihood(likelihood)
+    likelihood = as_likelihood(likelihood, discrepancy)
     priors = dict(priors or {})
     _check_prior_names(priors, law, likelihood)
     law, likelihood = law.with_priors(priors), likelihood.with_priors(priors)
@@ -240,10 +250,20 @@ def fit(
 
     mode: MapResult = map_estimate(model, args, kwargs, key_map, num_starts=map_starts)
     mcmc = run_nuts(model, args, kwargs, key_nuts, settings, init_unconstrained=mode.unconstrained)
-    dt = to_datatree(mcmc, model, args, kwargs, runs, key_pred, prior_draw_count=num_prior_draws)
+    dt = to_datatree(mcmc, model, args, kwargs, runs, key_pred, prior_draw_count=num_prior_draws,
+                     conditional=likelihood.discrepancy is not None)
     names = [n for n in dt.posterior.data_vars if not str(n).startswith("_")]
     diagnostics = check_convergence(dt, params=names, thresholds=thresholds)
     warn_if_not_converged(diagnostics, what=f"fit of law {law.name!r}")
+    misfit = None
+    if misfit_checks and misfit_applies(dt, likelihood.family):
+        try:
+            misfit = check_misfit(dt, runs.labels)
+        except ValueError as err:  # PSIS fails on degenerate draws (e.g. a stuck chain): say so, keep the fit
+            warnings.warn(f"fit of law {law.name!r}: the misfit checks could not run ({err}); check the "
+                          f"convergence diagnostics", MisfitWarning, stacklevel=2)
+        else:
+            warn_if_misfit(misfit, what=f"fit of law {law.name!r}", likelihood=likelihood.family)
     return Fit(
         law=law,
         likelihood=likelihood,
@@ -255,6 +275,7 @@ def fit(
         map=mode.params,
         priors=priors,
         grouping=grouping,
+        misfit=misfit,
     )
 
 

@@ -55,6 +55,7 @@ class Job:
     y: str = "loss"
     se: str | None = None
     likelihood: str = "normal"
+    discrepancy: str | None = "default"
     settings: SamplerSettings = SamplerSettings(num_warmup=500, num_samples=500)
     seed: int = 0
     shard_size: int = 64
@@ -97,7 +98,7 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     raise JobError(f"{path}: job files are TOML (.toml) or YAML (.yaml, .yml)")
 
 
-_KNOWN = {"pad_runs", "data", "laws", "output", "sampler", "seed", "likelihood", "shard_size", "map_starts", "quantiles",
+_KNOWN = {"pad_runs", "data", "laws", "output", "sampler", "seed", "likelihood", "discrepancy", "shard_size", "map_starts", "quantiles",
           "predict_at", "evidence"}
 _DATA_KNOWN = {"files", "table", "group_by", "columns", "y", "se", "allow_repeats"}
 
@@ -153,6 +154,7 @@ def job_from_mapping(spec: Mapping[str, Any], base: Path = Path("."), **override
         y=data.get("y", "loss"),
         se=data.get("se"),
         likelihood=spec.get("likelihood", "normal"),
+        discrepancy=spec.get("discrepancy", "default"),
         settings=settings,
         seed=int(spec.get("seed", 0)),
         shard_size=int(spec.get("shard_size", 64)),
@@ -310,7 +312,7 @@ def run_shard(job: Job, law: str, names: Sequence[str]) -> list[dict[str, Any]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence is reported per row, not as thousands of warnings
             batch = fit_batch([runs[n] for n in group], law_obj, likelihood=job.likelihood,
-                              settings=job.settings, seeds=[job.seed_of(n) for n in group],
+                              discrepancy=job.discrepancy, settings=job.settings, seeds=[job.seed_of(n) for n in group],
                               map_starts=job.map_starts, num_runs=job.width())
         for i, name in enumerate(group):
             try:

@@ -29,6 +29,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import ExpTransform
 
+from bayescale.discrepancy import Discrepancy, as_discrepancy, observe_with_walk
 from bayescale.law import PriorSpec, resolve_prior
 
 FAMILIES = ("normal", "student_t", "ar1")
@@ -59,23 +60,39 @@ class IntegerStudentT(dist.StudentT):
 
 @dataclass(frozen=True)
 class Likelihood:
-    """`family`: "normal", "student_t" or "ar1" on log y. `nu`: Student-t degrees of freedom (None: fitted)."""
+    """`family`: "normal", "student_t" or "ar1" on log y. `nu`: Student-t degrees of freedom (None: fitted).
+    `discrepancy`: a `bayescale.discrepancy.Discrepancy` (departures from the law shared by runs of similar
+    scale, growing beyond the data), or None for independent noise around the law."""
 
     family: str = "normal"
     nu: float | None = 4.0
     sigma_prior: PriorSpec = DEFAULT_SIGMA_PRIOR
     nu_prior: PriorSpec = DEFAULT_NU_PRIOR
     rho_prior: PriorSpec = DEFAULT_RHO_PRIOR
+    discrepancy: Discrepancy | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"unknown likelihood {self.family!r}; choose one of {', '.join(FAMILIES)}")
+        object.__setattr__(self, "discrepancy", as_discrepancy(self.discrepancy))
+        if self.discrepancy is not None and self.family != "normal":
+            raise ValueError(f"the random-walk discrepancy is integrated out analytically, which needs the normal "
+                             f"likelihood (on log y); got {self.family!r}. Use likelihood='normal' with it, or "
+                             f"discrepancy=None")
 
     @property
     def param_names(self) -> tuple[str, ...]:
+        """The noise parameters (and the discrepancy's drift), as the posterior names them."""
         if self.family == "ar1":
-            return ("sigma", "rho")
-        return ("sigma", "nu") if self.family == "student_t" and self.nu is None else ("sigma",)
+            names = ("sigma", "rho")
+        else:
+            names = ("sigma", "nu") if self.family == "student_t" and self.nu is None else ("sigma",)
+        return names + (self.discrepancy.param_names if self.discrepancy is not None else ())
+
+    @property
+    def noise_names(self) -> tuple[str, ...]:
+        """The parameters of the noise of one run around the (discrepancy-shifted) law."""
+        return tuple(n for n in self.param_names if n not in ("drift",))
 
     def with_priors(self, priors: Mapping[str, PriorSpec] | None) -> Likelihood:
         from dataclasses import replace
@@ -88,10 +105,15 @@ class Likelihood:
             out = replace(out, nu_prior=priors["nu"])
         if "rho" in priors:
             out = replace(out, rho_prior=priors["rho"])
+        if "drift" in priors:
+            if out.discrepancy is None:
+                raise KeyError("a prior on 'drift' needs a discrepancy term (fit(..., discrepancy='random_walk'))")
+            out = replace(out, discrepancy=replace(out.discrepancy, drift_prior=priors["drift"]))
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "nu": self.nu}
+        return {"family": self.family, "nu": self.nu,
+                "discrepancy": None if self.discrepancy is None else self.discrepancy.to_dict()}
 
     # ---- inside a NumPyro model ----
     def sample_noise(self, stats) -> dict[str, Any]:
@@ -102,11 +124,15 @@ class Likelihood:
             noise["rho"] = numpyro.sample("rho", resolve_prior(self.rho_prior, stats))
         return noise
 
-    def distribution(self, mean, noise: Mapping[str, Any], se=None) -> dist.Distribution:
+    @staticmethod
+    def noise_sd(mean, noise: Mapping[str, Any], se=None):
+        """The noise sd of each run on the log scale: sigma, with known errors se added in quadrature (delta
+        method: an output-scale error se is a relative error se / mean)."""
         sigma = noise["sigma"]
-        if se is not None:
-            # Delta method: an output-scale error se is a relative error se / mean on the log scale.
-            sigma = jnp.sqrt((se / mean) ** 2 + sigma**2)
+        return sigma if se is None else jnp.sqrt((se / mean) ** 2 + sigma**2)
+
+    def distribution(self, mean, noise: Mapping[str, Any], se=None) -> dist.Distribution:
+        sigma = self.noise_sd(mean, noise, se)
         loc = _log_mean(mean)
         if self.family in ("normal", "ar1"):  # ar1's marginal: a new run's point on its own
             return dist.LogNormal(loc, sigma)
@@ -118,8 +144,15 @@ class Likelihood:
             core = dist.StudentT(self.nu, loc, sigma)
         return dist.TransformedDistribution(core, ExpTransform())
 
-    def observe(self, mean, stats, y=None, se=None, mask=None, prev=None) -> None:
+    def observe(self, mean, stats, y=None, se=None, mask=None, prev=None, log_axis=None) -> None:
+        """The observed site "y" around `mean`; with a discrepancy, `log_axis` (each run's log scaling axis,
+        `bayescale.discrepancy.log_axis`) places the runs on the walk, which shifts the mean on the log scale."""
         noise = self.sample_noise(stats)
+        if self.discrepancy is not None:
+            if log_axis is None:
+                raise ValueError("a likelihood with a discrepancy needs each run's log scaling axis (log_axis=)")
+            return observe_with_walk(self.discrepancy, stats, _log_mean(mean), self.noise_sd(mean, noise, se),
+                                     log_axis, y=y, mask=mask)
         if self.family == "ar1":
             return self._observe_ar1(mean, noise, y, se, mask, prev)
         with numpyro.handlers.mask(mask=True if mask is None else mask):
@@ -155,7 +188,7 @@ class Likelihood:
     # ---- outside a model: a new run at new inputs, given posterior draws ----
     def sample_new(self, key, mean, noise: Mapping[str, Any]):
         """Draws of a new run's output. `mean`: (draws, points); noise values: (draws,)."""
-        expand = {k: jnp.asarray(v)[:, None] for k, v in noise.items() if k != "rho"}
+        expand = {k: jnp.asarray(v)[:, None] for k, v in noise.items() if k in self.noise_names and k != "rho"}
         return self.distribution(mean, expand).sample(key)
 
 
@@ -165,10 +198,18 @@ def _log_mean(mean):
     return jnp.log(jnp.maximum(mean, 1e-300))
 
 
-def as_likelihood(spec: str | Likelihood | None) -> Likelihood:
-    if spec is None:
-        return Likelihood()
-    if isinstance(spec, Likelihood):
-        return spec
-    return Likelihood(family=spec)
+def as_likelihood(spec: str | Likelihood | None, discrepancy: Any = "default") -> Likelihood:
+    """A `Likelihood` from a family name (None: "normal"), or as given. `discrepancy`: "default" keeps a given
+    Likelihood's own and gives a family name the package default (`bayescale.discrepancy.DEFAULT_DISCREPANCY`);
+    anything else ("random_walk", None, a `Discrepancy`) replaces it."""
+    from dataclasses import replace
 
+    from bayescale.discrepancy import DEFAULT_DISCREPANCY
+
+    if isinstance(spec, Likelihood):
+        out = spec
+    else:
+        out = Likelihood(family=spec or "normal", discrepancy=DEFAULT_DISCREPANCY)
+    if isinstance(discrepancy, str) and discrepancy == "default":
+        return out
+    return replace(out, discrepancy=as_discrepancy(discrepancy))

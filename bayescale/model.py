@@ -22,6 +22,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import AffineTransform, ExpTransform
 from numpyro.infer.util import log_likelihood
 
+from bayescale.discrepancy import log_axis
 from bayescale.law import Law, resolve_prior
 from bayescale.likelihood import Likelihood
 
@@ -74,7 +75,8 @@ def law_model(law: Law, likelihood: Likelihood):
 
     def model(x: Mapping, stats: Mapping, y=None, se=None, mask=None, prev=None):
         params = sample_params(law, stats, x, mask)
-        likelihood.observe(law.mean(params, x), stats, y=y, se=se, mask=mask, prev=prev)
+        z = None if likelihood.discrepancy is None else log_axis(law, likelihood.discrepancy, x)
+        likelihood.observe(law.mean(params, x), stats, y=y, se=se, mask=mask, prev=prev, log_axis=z)
 
     model.__name__ = f"{law.name}_model"
     _MODELS[key] = (law, model)
@@ -93,11 +95,21 @@ def _site_values(model, key, args, kwargs, substitutions=None, sites=None):
     }
 
 
-@partial(jax.jit, static_argnames=("model", "sites"))
-def posterior_predictive_draws(model, key, samples, args, kwargs, sites=("y",)):
-    """Sites `sites` drawn once per posterior draw in `samples` (dict of (draws, ...) arrays)."""
+@partial(jax.jit, static_argnames=("model", "sites", "conditional"))
+def posterior_predictive_draws(model, key, samples, args, kwargs, sites=("y",), conditional=False):
+    """Sites `sites` drawn once per posterior draw in `samples` (dict of (draws, ...) arrays).
+
+    `conditional=True` draws "y" from the distribution the observed site has given the observations (a
+    model whose runs are not independent given the parameters, such as one with a discrepancy walk, puts
+    each run's leave-one-out conditional there): replicates that match the pointwise log-likelihood."""
     count = len(next(iter(samples.values())))
     keys = jax.random.split(key, count)
+    if conditional:
+        def replicate(k, s):
+            trace = handlers.trace(handlers.substitute(handlers.seed(model, k), data=s)).get_trace(*args, **kwargs)
+            return {"y": trace["y"]["fn"].sample(k)}
+
+        return jax.vmap(replicate)(keys, samples)
     kwargs = {**kwargs, "y": None}
     return jax.vmap(lambda k, s: _site_values(model, k, args, kwargs, s, sites))(keys, samples)
 

@@ -22,6 +22,7 @@ from bayescale.grouping import Grouping
 from bayescale.inference import SamplerSettings
 from bayescale.law import Law, get_law
 from bayescale.likelihood import Likelihood
+from bayescale.misfit import applies as misfit_applies, check_misfit
 from bayescale.runs import Runs
 
 FORMAT_VERSION = 1
@@ -160,4 +161,6 @@ def load(path: str | Path, law: Law | None = None):
         map=meta["map"],
         priors=priors,
         grouping=Grouping.from_dict(meta["grouping"]) if meta.get("grouping") else None,
+        # Recomputed like the diagnostics (deterministic: the same values as at fit time), without warning.
+        misfit=check_misfit(dt, runs.labels) if misfit_applies(dt, likelihood.family) else None,
     )

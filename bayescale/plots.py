@@ -311,3 +311,49 @@ def plot_prior_predictive(check, x: str | None = None, num_curves: int = 50, ban
     ax.set_title(f"prior predictive: {check.law.name}")
     ax.legend()
     return ax
+
+
+def empirical_coverage(pit: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Share of runs inside the central interval of each nominal level, read from their PIT values: a run
+    lies inside the central p interval when (1 - p) / 2 <= PIT <= (1 + p) / 2."""
+    pit = np.asarray(pit, float)
+    return np.array([np.mean((pit >= (1 - p) / 2) & (pit <= (1 + p) / 2)) for p in levels])
+
+
+def plot_calibration(backtest, by: str = "law", bins: int = 10, axes=None):
+    """Calibration of a backtest's forecasts (`bayescale.backtest`): nominal against empirical coverage of
+    central intervals (one line per `by` value; the diagonal is perfect calibration, below it the intervals
+    are too narrow), with the 90% band that a calibrated forecast's coverage would fall in given the number
+    of held-out runs; and the PIT histogram (flat when calibrated; U-shaped when too narrow, piled in one
+    tail when biased). `backtest`: a `Backtest`, or its `table` (e.g. several backtests' tables concatenated
+    with a column to compare by). Lines have gid "coverage:<value>", bars "pit:<value>". Returns the Axes."""
+    plt = _pyplot()
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    cover_ax, pit_ax = axes
+    nominal = np.linspace(0.02, 0.98, 49)
+    table = backtest if isinstance(backtest, pd.DataFrame) else backtest.table
+    if by not in table.columns:
+        raise KeyError(f"no column {by!r} in the backtest table; columns are {', '.join(map(str, table.columns))}")
+    count = len(table) / max(table[by].nunique(), 1)
+    spread = 1.645 * np.sqrt(nominal * (1 - nominal) / count)
+    cover_ax.fill_between(nominal, nominal - spread, nominal + spread, color="0.85", gid="coverage:calibrated_band",
+                          label=f"calibrated, 90% band ({count:.0f} runs)")
+    cover_ax.plot([0, 1], [0, 1], color="0.4", lw=1, ls="--")
+    edges = np.linspace(0, 1, bins + 1)
+    groups = list(table.groupby(by, sort=False))
+    width = 1.0 / bins / max(len(groups), 1)
+    for i, (value, part) in enumerate(groups):
+        line, = cover_ax.plot(nominal, empirical_coverage(part["pit"], nominal), lw=2, gid=f"coverage:{value}",
+                              label=f"{value} ({len(part)} runs)")
+        counts, _ = np.histogram(part["pit"], bins=edges)
+        pit_ax.bar(edges[:-1] + i * width, counts / len(part) * bins, width=width, align="edge",
+                   color=line.get_color(), alpha=0.8, gid=f"pit:{value}", label=str(value))
+    pit_ax.axhline(1.0, color="0.4", lw=1, ls="--")
+    cover_ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal coverage of the central interval",
+                 ylabel="share of held-out runs inside", title="Coverage of held-out runs")
+    pit_ax.set(xlim=(0, 1), xlabel="PIT (share of forecast draws below the run)", ylabel="density",
+               title="PIT of held-out runs (flat = calibrated)")
+    cover_ax.legend(loc="upper left", fontsize=8)
+    pit_ax.legend(loc="upper center", fontsize=8)
+    return axes

@@ -1,5 +1,5 @@
-"""Posterior predictive at new inputs: the law's mean (parameter uncertainty only) and a new run (with
-observation noise), as draws and as quantiles."""
+"""Posterior predictive at new inputs: the law's mean (parameter uncertainty, and the discrepancy's where the
+fit has one) and a new run (with observation noise), as draws and as quantiles."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from bayescale.discrepancy import DRIFT_SITE, discrepancy_draws, log_axis, walk_draws
 from bayescale.posterior import draws
 from bayescale.runs import points_from_mapping
 
@@ -43,6 +44,39 @@ def law_mean_draws(law, params: Mapping[str, np.ndarray], x: Mapping[str, np.nda
     return np.asarray(jax.vmap(lambda p: law.mean(p, x))(stacked))
 
 
+def discrepancy_at(law, likelihood, samples: Mapping[str, np.ndarray], fitted, x: Mapping[str, np.ndarray],
+                   key) -> np.ndarray | float:
+    """Draws of the discrepancy (log scale) at inputs `x`: (draws, points), or 0.0 without one. For each
+    posterior draw the walk is drawn from its posterior given the fitted runs (`fitted`, a `Runs`), then
+    interpolated or continued beyond them (`bayescale.discrepancy`)."""
+    spec = likelihood.discrepancy
+    if spec is None:
+        return 0.0
+    as_jnp = lambda values: {k: jnp.asarray(v) for k, v in values.items()}  # noqa: E731
+    z_fitted = np.asarray(log_axis(law, spec, as_jnp(fitted.x)))
+    z_new = np.asarray(log_axis(law, spec, as_jnp(x)))
+    law_at_fitted = law_mean_draws(law, samples, fitted.x)                          # (draws, runs)
+    se = None if fitted.se is None else jnp.asarray(fitted.se)[None, :]
+    sigma = jnp.asarray(samples["sigma"])[:, None]
+    variance = np.broadcast_to(np.asarray(likelihood.noise_sd(jnp.asarray(law_at_fitted), {"sigma": sigma}, se)) ** 2,
+                               law_at_fitted.shape)
+    residual = np.log(np.asarray(fitted.y))[None, :] - np.log(np.maximum(law_at_fitted, 1e-300))
+    key_walk, key_beyond = jax.random.split(key)
+    knots = walk_draws(spec, key_walk, samples[DRIFT_SITE], variance, residual, z_fitted)
+    return discrepancy_draws(spec, key_beyond, samples[DRIFT_SITE], knots, z_fitted, z_new)
+
+
+def predictive_draws(law, likelihood, samples: Mapping[str, np.ndarray], fitted, x: Mapping[str, np.ndarray],
+                     key) -> tuple[np.ndarray, np.ndarray]:
+    """The law's mean (with the discrepancy, if any) and a new run's output at inputs `x`, per posterior draw:
+    two (draws, points) arrays. `samples` holds the posterior's sites; `fitted` is the `Runs` the posterior
+    was fitted to. Shared by `predict` and the backtests."""
+    key_walk, key_new = jax.random.split(key)
+    mean = law_mean_draws(law, samples, x) * np.exp(discrepancy_at(law, likelihood, samples, fitted, x, key_walk))
+    noise = {k: samples[k] for k in likelihood.noise_names}
+    return mean, np.asarray(likelihood.sample_new(key_new, jnp.asarray(mean), noise))
+
+
 def predict(fit, at: Mapping[str, float | Sequence[float]] | pd.DataFrame, *, seed: int = 0) -> Prediction:
     """Predictions at `at`, e.g. {"N": 70e9, "D": 1.4e12} or a DataFrame of input columns. Inputs the law
     needs are derived when possible (D from C and N).
@@ -56,15 +90,13 @@ def predict(fit, at: Mapping[str, float | Sequence[float]] | pd.DataFrame, *, se
     else:
         frame = at if isinstance(at, pd.DataFrame) else pd.DataFrame({k: np.atleast_1d(v) for k, v in at.items()})
         points = points_from_mapping(frame.drop(columns=[fit.grouping.column], errors="ignore"), fit.law)
-    samples = draws(fit)
+    samples = draws(fit, list(fit.data.posterior.data_vars))
     if fit.law.numpyro_model is not None:
         return _predict_raw_model(fit, points, samples, seed)
     if fit.grouping is not None:
         key_group, key = jax.random.split(key)
         samples, points = _at_groups(fit, frame, points, samples, key_group)
-    mean = law_mean_draws(fit.law, samples, points.x)
-    noise = {k: samples[k] for k in fit.likelihood.param_names}
-    new_run = np.asarray(fit.likelihood.sample_new(key, jnp.asarray(mean), noise))
+    mean, new_run = predictive_draws(fit.law, fit.likelihood, samples, fit.runs, points.x, key)
     return Prediction(points=points.to_frame().reset_index(drop=True), mean=mean, new_run=new_run, output=fit.runs.output)
 
 

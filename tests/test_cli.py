@@ -83,3 +83,20 @@ def test_prior_parsing():
     assert name == "alpha" and float(prior.loc) == -1.2 and float(prior.scale) == 0.5
     with pytest.raises(ValueError, match="not a numpyro distribution"):
         parse_prior("alpha=__import__('os').system('true')")
+
+
+def test_backtest_json_and_its_hold_out_column(fitted, capsys, tmp_path):
+    directory, _ = fitted
+    code, payload = run_json(capsys, ["backtest", str(directory / "runs.csv"), "--law", "chinchilla",
+                                      "--column", "N=params", "--column", "D=tokens", "--cuts", "0.2,0.1",
+                                      "--warmup", "150", "--draws", "150", "--chains", "2"])
+    assert code == 0
+    (scores,) = payload["scores"]
+    assert scores["law"] == "chinchilla" and scores["runs"] == 8 + 4
+    assert 0 <= scores["coverage90"] <= 1 and len(payload["refits"]) == 2
+    table = simulate_chinchilla(num_runs=40, seed=3).rename(columns={"N": "params", "D": "tokens"})
+    table["split"] = ["yes"] * 40
+    table.to_csv(tmp_path / "split.csv", index=False)
+    assert main(["backtest", str(tmp_path / "split.csv"), "--law", "chinchilla", "--column", "N=params",
+                 "--column", "D=tokens", "--holdout-column", "split"]) == EXIT_BAD_INPUT
+    assert "hold-out column 'split' must hold booleans" in capsys.readouterr().err

@@ -17,7 +17,8 @@ import pytest
 
 import bayescale as bs
 from bayescale.averaging import average_predict, mixture_counts
-from bayescale.compare import compare, compute_of_runs, holdout_split, waic
+from bayescale.backtest import ranking_values
+from bayescale.compare import compare, holdout_mask, waic
 from conftest import simulate_chinchilla
 
 FAMILIES = {  # name -> (law, columns)
@@ -103,12 +104,15 @@ def test_waic_matches_loo_when_the_posterior_is_well_determined(fits):
 
 def test_holdout_is_the_largest_compute(fits):
     runs = fits["chinchilla"].runs
-    compute = compute_of_runs(runs, fits["chinchilla"].law)
+    compute = ranking_values(runs, fits["chinchilla"].law)
     np.testing.assert_allclose(compute, 6 * runs.x["N"] * runs.x["D"])
-    held = holdout_split(compute, 0.2)
+    held = holdout_mask(fits, 0.2)
     assert held.sum() == 10 and compute[held].min() >= compute[~held].max()
+    # Any input ranks the runs, also one only some laws have (N here, not an input of "tokens_only").
+    by_n = holdout_mask(fits, 0.2, by="N")
+    assert runs.x["N"][by_n].min() >= runs.x["N"][~by_n].max()
     with pytest.raises(ValueError, match="hold out fewer"):
-        holdout_split(compute, 49)
+        holdout_mask(fits, 49)
 
 
 def test_averaged_prediction_is_the_weighted_mixture(fits, comparison):

@@ -193,3 +193,22 @@ def test_missing_matplotlib_gives_install_hint(chinchilla_fit, monkeypatch):
                  lambda: fresh.plot_diagnostics(chinchilla_fit)):
         with pytest.raises(ImportError, match=r'pip install "bayescale\[plots\]"'):
             call()
+
+
+def test_calibration_plot_reads_coverage_from_the_pit():
+    from bayescale.plots import empirical_coverage, plot_calibration
+
+    rng = np.random.default_rng(0)
+    table = pd.concat([pd.DataFrame({"pit": rng.uniform(size=400), "law": "calibrated"}),
+                       pd.DataFrame({"pit": rng.choice([0.01, 0.99], size=400), "law": "too narrow"})])
+    # A run is inside the central p interval when its PIT is within p / 2 of 0.5.
+    np.testing.assert_allclose(empirical_coverage(np.array([0.5, 0.04, 0.96]), [0.9, 0.95]), [1 / 3, 1.0])
+    cover_ax, pit_ax = plot_calibration(table)
+    lines = {line.get_gid(): line for line in cover_ax.get_lines() if line.get_gid()}
+    assert set(lines) == {"coverage:calibrated", "coverage:too narrow"}
+    nominal, calibrated = lines["coverage:calibrated"].get_data()
+    assert np.max(np.abs(calibrated - nominal)) < 0.08
+    assert lines["coverage:too narrow"].get_data()[1][nominal < 0.9].max() == 0.0
+    assert {p.get_gid() for p in pit_ax.patches} == {"pit:calibrated", "pit:too narrow"}
+    with pytest.raises(KeyError, match="no column 'variant'"):
+        plot_calibration(table, by="variant")

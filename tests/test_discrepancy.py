@@ -1,0 +1,147 @@
+"""The random-walk discrepancy (bayescale.discrepancy): its geometry, its predictive, and a fit with it."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bayescale as bs
+from scipy import stats
+
+from bayescale.discrepancy import (Discrepancy, axis_name, discrepancy_draws, interpolation, knot_grid, log_axis,
+                                   marginal_normal, walk_factor)
+from conftest import simulate_chinchilla
+
+
+def test_the_walk_integrated_out_is_the_joint_normal_and_its_leave_one_out_conditionals():
+    rng = np.random.default_rng(0)
+    spec = Discrepancy(knots=6)
+    z = np.sort(rng.uniform(0.0, 5.0, 30))
+    A, spacing = interpolation(spec, jnp.asarray(z), 0.0, 5.0)
+    # Interpolation weights: each run sits between two knots; the pinned (last) knot has no column.
+    assert A.shape == (30, 5) and np.all(np.asarray(A).sum(axis=1) <= 1.0 + 1e-12)
+    F = np.asarray(A @ walk_factor(0.05, spacing, 5))
+    variance = rng.uniform(0.5, 2.0, 30) * 1e-4
+    residual = rng.normal(0.0, 0.02, 30)
+    weight = np.ones(30)
+    weight[-3:] = 0.0                                    # padding: left out of everything
+    log_joint, loo_mean, loo_sd = marginal_normal(jnp.asarray(residual), jnp.asarray(variance), jnp.asarray(weight),
+                                                  jnp.asarray(F))
+    keep = weight > 0
+    cov = (np.diag(variance) + F @ F.T)[np.ix_(keep, keep)]
+    exact = stats.multivariate_normal(np.zeros(keep.sum()), cov).logpdf(residual[keep])
+    assert float(log_joint) == pytest.approx(exact, abs=1e-9)
+    precision = np.linalg.inv(cov)
+    r = residual[keep]
+    np.testing.assert_allclose(np.asarray(loo_mean)[keep], r - precision @ r / np.diag(precision), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(loo_sd)[keep], 1 / np.sqrt(np.diag(precision)), rtol=1e-10)
+
+
+def test_axis_is_compute_where_derivable_else_the_first_input():
+    spec = Discrepancy()
+    assert axis_name(bs.get_law("chinchilla"), spec) == "C"
+    assert axis_name(bs.get_law("overtrain"), spec) == "C"
+    assert axis_name(bs.get_law("power_law"), spec) == "x"
+    assert axis_name(bs.get_law("chinchilla"), Discrepancy(axis="N")) == "N"
+    x = {"N": np.array([1e8, 1e9]), "D": np.array([2e9, 2e10])}
+    np.testing.assert_allclose(log_axis(bs.get_law("chinchilla"), spec, x), np.log(6 * x["N"] * x["D"]))
+    with pytest.raises(ValueError, match="neither an input"):
+        log_axis(bs.get_law("chinchilla"), Discrepancy(axis="steps"), x)
+
+
+def test_forecast_variance_grows_linearly_beyond_the_data_and_is_the_walk_inside():
+    spec = Discrepancy(knots=5)
+    z_fitted = np.linspace(0.0, 4.0, 20)
+    count = 40_000
+    drift = np.full(count, 0.02)
+    knots = np.zeros((count, 5))
+    knots[:, 0] = 0.02                                  # the walk at the knots z = 0, 1, 2, 3, 4 (pinned at 4)
+    z_new = np.array([0.5, 2.0, 5.0, 8.0, -1.0])
+    out = discrepancy_draws(spec, jax.random.PRNGKey(0), drift, knots, z_fitted, z_new)
+    np.testing.assert_allclose(out[:, 0], 0.01)         # halfway between the first two knots
+    np.testing.assert_allclose(out[:, 1], 0.0)
+    # Beyond the largest fitted z: a Brownian continuation from 0, variance drift^2 x distance.
+    np.testing.assert_allclose(np.var(out[:, 2]), 0.02**2 * 1.0, rtol=0.05)
+    np.testing.assert_allclose(np.var(out[:, 3]), 0.02**2 * 4.0, rtol=0.05)
+    # One path through both points: the increment from z = 5 to z = 8 is independent of the first leg.
+    np.testing.assert_allclose(np.cov(out[:, 2], out[:, 3])[0, 1], 0.02**2 * 1.0, rtol=0.1)
+    # Below the data: from the first knot's value.
+    np.testing.assert_allclose(np.mean(out[:, 4]), 0.02, atol=1e-3)
+    np.testing.assert_allclose(np.var(out[:, 4]), 0.02**2, rtol=0.05)
+    grid, spacing = knot_grid(spec, 0.0, 4.0)
+    assert float(spacing) == 1.0 and np.allclose(grid, [0, 1, 2, 3, 4])
+
+
+def test_likelihood_carries_the_discrepancy_through_priors_and_its_saved_form():
+    import numpyro.distributions as dist
+
+    lik = bs.Likelihood(discrepancy="random_walk")
+    assert lik.param_names == ("sigma", "drift") and lik.noise_names == ("sigma",)
+    wide = lik.with_priors({"drift": dist.HalfNormal(0.05)})
+    assert float(wide.discrepancy.drift_prior.scale) == 0.05
+    back = bs.Likelihood(**wide.to_dict())
+    assert back.discrepancy.knots == wide.discrepancy.knots
+    assert float(back.discrepancy.drift_prior.scale) == 0.05
+    with pytest.raises(KeyError, match="discrepancy"):
+        bs.Likelihood().with_priors({"drift": dist.HalfNormal(0.05)})
+    with pytest.raises(ValueError, match="unknown discrepancy"):
+        bs.Likelihood(discrepancy="gaussian_process")
+    with pytest.raises(ValueError, match="needs the normal"):
+        bs.Likelihood("student_t", discrepancy="random_walk")
+
+
+@pytest.fixture(scope="module")
+def fits():
+    table = simulate_chinchilla(num_runs=40, sigma=0.01, seed=3)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("none", "random_walk"):
+            out[name] = bs.fit(table, "chinchilla", discrepancy=None if name == "none" else name,
+                               num_warmup=300, num_samples=300, num_chains=2, seed=1)
+    return out
+
+
+def test_fit_with_a_discrepancy_widens_far_forecasts_more_than_near_ones(fits, tmp_path):
+    with_walk = fits["random_walk"]
+    assert "drift" in with_walk.summary().index
+    assert with_walk.summary().loc["drift", "q95"] > 0
+    near = {"N": 3e9, "D": 1e11}       # inside the fitted compute range
+    far = {"N": 3e11, "D": 1e13}       # 10,000x the compute of the near point
+    widths = {}
+    for name, f in fits.items():
+        q = {k: bs.predict(f, at).quantiles((0.05, 0.95)) for k, at in (("near", near), ("far", far))}
+        widths[name] = {k: float(np.log(v["new_run_q95"] / v["new_run_q5"]).iloc[0]) for k, v in q.items()}
+    assert widths["random_walk"]["far"] > 1.2 * widths["none"]["far"]
+    assert widths["random_walk"]["far"] / widths["random_walk"]["near"] > widths["none"]["far"] / widths["none"]["near"]
+    # Saved and loaded, the fit predicts the same draws.
+    path = with_walk.save(tmp_path / "walk.fit")
+    again = bs.load(path)
+    assert again.likelihood.to_dict() == with_walk.likelihood.to_dict()
+    np.testing.assert_allclose(bs.predict(again, far).new_run, bs.predict(with_walk, far).new_run)
+
+
+def test_walk_posterior_draws_match_the_conditional_gaussian():
+    from bayescale.discrepancy import walk_draws
+
+    rng = np.random.default_rng(2)
+    spec = Discrepancy(knots=4)
+    z = np.sort(rng.uniform(0.0, 3.0, 25))
+    residual = 0.01 * np.sin(z) + 0.003 * rng.standard_normal(25)
+    count = 20_000
+    knots = walk_draws(spec, jax.random.PRNGKey(1), np.full(count, 0.02), np.full((count, 25), 0.003**2),
+                       np.tile(residual, (count, 1)), z)
+    assert knots.shape == (count, 4) and np.all(knots[:, -1] == 0.0)
+    A, spacing = interpolation(spec, jnp.asarray(z), z.min(), z.max())
+    A = np.asarray(A)
+    G = np.asarray(walk_factor(0.02, spacing, 3))
+    S = G @ G.T
+    K = A @ S @ A.T + np.eye(25) * 0.003**2
+    mean = S @ A.T @ np.linalg.solve(K, residual)
+    cov = S - S @ A.T @ np.linalg.solve(K, A @ S)
+    w = knots[:, :-1][:, ::-1]                            # w_m: m + 1 knots below the pin
+    np.testing.assert_allclose(w.mean(axis=0), mean, atol=4 * np.sqrt(np.diag(cov).max() / count))
+    scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)) / count)    # Monte Carlo sd of each covariance
+    np.testing.assert_allclose(np.cov(w.T), cov, rtol=0, atol=5 * scale.max())
