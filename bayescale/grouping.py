@@ -36,7 +36,6 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
-from bayescale.discrepancy import log_axis
 from bayescale.law import Law, resolve_prior
 from bayescale.likelihood import Likelihood
 from bayescale.model import sample_pivoted
@@ -225,9 +224,8 @@ def grouped_law_model(law: Law, likelihood: Likelihood, grouping: Grouping):
     def model(x: Mapping, stats: Mapping, y=None, se=None, mask=None, group=None, prev=None):
         num_groups = stats["group_y_min"].shape[0]
         params = sample_grouped_params(law, grouping, stats, x, num_groups)
-        z = None if likelihood.discrepancy is None else log_axis(law, likelihood.discrepancy, x)
         likelihood.observe(law.mean(params_at_runs(grouping, params, group), x), stats, y=y, se=se, mask=mask,
-                           prev=prev, log_axis=z)
+                           prev=prev)
 
     model.__name__ = f"{law.name}_grouped_model"
     _MODELS[key] = (law, model)
