@@ -243,6 +243,9 @@ def fit(
     grouping = None
     if group is not None or runs.groups is not None:
         grouping = make_grouping(law, group or runs.group_column, pooling=pooling, shared=shared, scale=group_scale)
+        if likelihood.discrepancy is not None:
+            raise ValueError("the random-walk discrepancy is not available for grouped fits yet; fit each group "
+                             "with it, or the grouped fit without it (discrepancy=None)")
         _check_group_sizes(runs, law, grouping)
     model = model_for(law, likelihood, grouping)
     args, kwargs = model_inputs(runs)

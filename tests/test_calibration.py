@@ -68,3 +68,32 @@ def test_calibration_with_100_replications():
     print(f"\nSBC (100 replications): {hits.mean():.3f} coverage; KS p = {stats.kstest(ranks, 'uniform').pvalue:.3f}")
     assert stats.binomtest(int(hits.sum()), hits.size, 0.9).pvalue > 0.01
     assert stats.kstest(ranks, "uniform").pvalue > 0.01
+
+
+def _kaplan_ladders(count: int, seed: int) -> pd.DataFrame:
+    """IsoFLOP ladders from Kaplan et al. 2020's law (published constants), 1% noise: data a Chinchilla-law fit
+    misdescribes beyond the fitted range."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(count):
+        rows = [(C, n, C / (6 * n)) for C in np.geomspace(1e18, 1e22, 8)
+                for n in np.sqrt(C / 120) * np.geomspace(0.25, 4.0, 7)]
+        _, N, D = np.array(rows).T
+        loss = ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095
+        frames.append(pd.DataFrame({"N": N, "D": D, "loss": loss * np.exp(0.01 * rng.standard_normal(len(N))),
+                                    "ladder": f"ladder{i}"}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.slow
+def test_walk_intervals_cover_larger_runs_of_a_misspecified_family():
+    # benchmarks/results/calibration_backtest.md at 8 ladders: independent noise 0.40, the walk 1.00.
+    table = _kaplan_ladders(6, seed=21)
+    coverage = {}
+    for name, discrepancy in (("none", None), ("walk", "random_walk")):
+        result = bs.backtest(table, "chinchilla", discrepancy=discrepancy, datasets="ladder", cuts=(0.4, 0.25, 0.15),
+                             num_warmup=500, num_samples=500, seed=0)
+        coverage[name] = result.scores().loc["chinchilla", "coverage90"]
+    print(f"\n90% coverage of held-out Kaplan-law runs: {coverage}")
+    assert coverage["none"] < 0.7
+    assert coverage["walk"] >= 0.85
