@@ -33,6 +33,14 @@ def simulate_chinchilla(params=BESIROGLU, num_runs=60, sigma=0.01, seed=0) -> pd
     return pd.DataFrame({"N": N, "D": D, "loss": loss})
 
 
+def isoflop_design(budgets: int = 8, sizes: int = 7):
+    """An IsoFLOP ladder: `budgets` compute budgets log-spaced over 1e18-1e22, each with `sizes` model sizes
+    from 1/4 to 4 times the compute-optimal N (20 tokens per parameter). Returns C, N, D arrays."""
+    rows = [(C, n, C / (6 * n)) for C in np.geomspace(1e18, 1e22, budgets)
+            for n in np.sqrt(C / 120) * np.geomspace(0.25, 4.0, sizes)]
+    return np.array(rows).T
+
+
 @pytest.fixture(scope="session")
 def chinchilla_table() -> pd.DataFrame:
     return bayescale.load_example("chinchilla")

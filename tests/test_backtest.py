@@ -113,14 +113,12 @@ def test_backtest_weights_average_a_forecast(rolling):
 def grouped_noise_ladders(count: int, seed: int = 0) -> pd.DataFrame:
     """IsoFLOP ladders of the Chinchilla law whose runs share a deviation per compute budget (sd 1%) on top
     of independent noise (0.5%): the structured residuals of real studies."""
-    from conftest import BESIROGLU, chinchilla_loss
+    from conftest import BESIROGLU, chinchilla_loss, isoflop_design
 
     rng = np.random.default_rng(seed)
     frames = []
     for i in range(count):
-        rows = [(C, n, C / (6 * n)) for C in np.geomspace(1e18, 1e22, 8)
-                for n in np.sqrt(C / 120) * np.geomspace(0.25, 4.0, 7)]
-        C, N, D = np.array(rows).T
+        C, N, D = isoflop_design()
         budget = np.unique(C, return_inverse=True)[1]
         noise = 0.01 * rng.standard_normal(8)[budget] + 0.005 * rng.standard_normal(len(N))
         frames.append(pd.DataFrame({"N": N, "D": D, "loss": chinchilla_loss(BESIROGLU, N, D) * np.exp(noise),

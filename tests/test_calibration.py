@@ -73,12 +73,12 @@ def test_calibration_with_100_replications():
 def _kaplan_ladders(count: int, seed: int) -> pd.DataFrame:
     """IsoFLOP ladders from Kaplan et al. 2020's law (published constants), 1% noise: data a Chinchilla-law fit
     misdescribes beyond the fitted range."""
+    from conftest import isoflop_design
+
     rng = np.random.default_rng(seed)
     frames = []
     for i in range(count):
-        rows = [(C, n, C / (6 * n)) for C in np.geomspace(1e18, 1e22, 8)
-                for n in np.sqrt(C / 120) * np.geomspace(0.25, 4.0, 7)]
-        _, N, D = np.array(rows).T
+        _, N, D = isoflop_design()
         loss = ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095
         frames.append(pd.DataFrame({"N": N, "D": D, "loss": loss * np.exp(0.01 * rng.standard_normal(len(N))),
                                     "ladder": f"ladder{i}"}))
