@@ -86,6 +86,7 @@ def rolling():
                     cuts=(0.3, 0.15), num_warmup=150, num_samples=150, num_chains=2, seed=0)
 
 
+@pytest.mark.slow  # two laws, two data sets, two cuts: 8 refits in two compiled programs (~1.5 min cold)
 def test_rolling_backtest_scores_every_held_out_run_of_every_fold(rolling):
     table = rolling.table
     assert set(table["law"]) == {"chinchilla", "kaplan"} and set(table["dataset"]) == {"ladder5", "ladder6"}

@@ -85,6 +85,7 @@ def test_prior_parsing():
         parse_prior("alpha=__import__('os').system('true')")
 
 
+@pytest.mark.slow  # a batch program of its own (~45 s cold); the default run checks backtests in test_backtest.py
 def test_backtest_json_and_its_hold_out_column(fitted, capsys, tmp_path):
     directory, _ = fitted
     code, payload = run_json(capsys, ["backtest", str(directory / "runs.csv"), "--law", "chinchilla",
