@@ -64,12 +64,8 @@ class Fold:
 
 
 def scaling_axis(law: Law) -> str:
-    """The input runs are ranked by when none is named: compute C where the law's inputs give it (C = 6 N D),
-    else the law's first input."""
-    if "C" in law.inputs:
-        return "C"
-    derivable = {rule.target for rule in law.all_derivations() if set(rule.sources) <= set(law.inputs)}
-    return "C" if "C" in derivable else law.inputs[0]
+    """The input runs are ranked by when none is named (`Law.scaling_axis`)."""
+    return law.scaling_axis()
 
 
 def ranking_values(runs: Runs, law: Law, by: str | None = None) -> np.ndarray:

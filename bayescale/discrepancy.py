@@ -113,29 +113,21 @@ def as_discrepancy(spec) -> Discrepancy | None:
 
 
 def axis_name(law: Law, spec: Discrepancy) -> str:
-    """The input whose log is the walk's time: the spec's, else compute C where the law's inputs derive it,
-    else the law's first input."""
-    if spec.axis is not None:
-        return spec.axis
-    if "C" in law.inputs:
-        return "C"
-    derivable = {rule.target for rule in law.all_derivations() if set(rule.sources) <= set(law.inputs)}
-    return "C" if "C" in derivable else law.inputs[0]
+    """The input whose log is the walk's time: the spec's, else the law's scaling axis (`Law.scaling_axis`)."""
+    return spec.axis if spec.axis is not None else law.scaling_axis()
 
 
 def log_axis(law: Law, spec: Discrepancy, x: Mapping[str, Any]):
-    """log of the axis at each run (jnp; works inside a model and on host arrays)."""
+    """log of the axis at each run (jnp; works inside a model and on host arrays), derived from the inputs
+    where needed (`bayescale.runs.resolve_inputs`)."""
+    from bayescale.runs import DataError, resolve_inputs
+
     name = axis_name(law, spec)
-    values = dict(x)
-    for _ in range(len(law.all_derivations())):
-        if name in values:
-            break
-        for rule in law.all_derivations():
-            if rule.target not in values and all(s in values for s in rule.sources):
-                values[rule.target] = rule.compute(*(values[s] for s in rule.sources))
-    if name not in values:
+    try:
+        values, _ = resolve_inputs(x, [name], law.all_derivations())
+    except DataError:
         raise ValueError(f"discrepancy axis {name!r} is neither an input of law {law.name!r} nor derivable from "
-                         f"{sorted(x)}; pass Discrepancy(axis=...) with one of {list(law.inputs)}")
+                         f"{sorted(x)}; pass Discrepancy(axis=...) with one of {list(law.inputs)}") from None
     return jnp.log(jnp.asarray(values[name]))
 
 

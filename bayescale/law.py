@@ -124,6 +124,14 @@ class Law:
     def all_derivations(self) -> tuple[Derivation, ...]:
         return tuple(self.derivations) + STANDARD_DERIVATIONS
 
+    def scaling_axis(self) -> str:
+        """The input a ladder of runs scales along: compute C where the inputs give it (C = 6 N D), else the
+        first input. Backtests rank runs by it and the discrepancy walk runs along its log."""
+        if "C" in self.inputs:
+            return "C"
+        derivable = {rule.target for rule in self.all_derivations() if set(rule.sources) <= set(self.inputs)}
+        return "C" if "C" in derivable else self.inputs[0]
+
     def with_priors(self, priors: Mapping[str, PriorSpec] | None) -> Law:
         """A copy with some priors replaced; unknown names are an error, not silently ignored."""
         if not priors:
