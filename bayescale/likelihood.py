@@ -75,10 +75,10 @@ class Likelihood:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown likelihood {self.family!r}; choose one of {', '.join(FAMILIES)}")
         object.__setattr__(self, "discrepancy", as_discrepancy(self.discrepancy))
-        if self.discrepancy is not None and self.family != "normal":
-            raise ValueError(f"the random-walk discrepancy is integrated out analytically, which needs the normal "
-                             f"likelihood (on log y); got {self.family!r}. Use likelihood='normal' with it, or "
-                             f"discrepancy=None")
+        if self.discrepancy is not None and self.family == "ar1":
+            raise ValueError("the random-walk discrepancy is integrated out analytically given independent noise "
+                             "(normal, or student_t as a scale mixture of normals); the ar1 likelihood's "
+                             "correlated residuals are not supported with it. Use discrepancy=None with ar1")
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -151,8 +151,9 @@ class Likelihood:
         if self.discrepancy is not None:
             if log_axis is None:
                 raise ValueError("a likelihood with a discrepancy needs each run's log scaling axis (log_axis=)")
+            nu = None if self.family == "normal" else noise.get("nu", self.nu)
             return observe_with_walk(self.discrepancy, stats, _log_mean(mean), self.noise_sd(mean, noise, se),
-                                     log_axis, y=y, mask=mask)
+                                     log_axis, y=y, mask=mask, nu=nu)
         if self.family == "ar1":
             return self._observe_ar1(mean, noise, y, se, mask, prev)
         with numpyro.handlers.mask(mask=True if mask is None else mask):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from bayescale.discrepancy import DRIFT_SITE, discrepancy_draws, log_axis, walk_draws
+from bayescale.discrepancy import DRIFT_SITE, NOISE_WEIGHT_SITE, discrepancy_draws, log_axis, walk_draws
 from bayescale.posterior import draws
 from bayescale.runs import points_from_mapping
 
@@ -60,6 +60,8 @@ def discrepancy_at(law, likelihood, samples: Mapping[str, np.ndarray], fitted, x
     sigma = jnp.asarray(samples["sigma"])[:, None]
     variance = np.broadcast_to(np.asarray(likelihood.noise_sd(jnp.asarray(law_at_fitted), {"sigma": sigma}, se)) ** 2,
                                law_at_fitted.shape)
+    if NOISE_WEIGHT_SITE in samples:  # Student-t noise as a scale mixture: each run's own precision weight
+        variance = variance / np.asarray(samples[NOISE_WEIGHT_SITE])
     residual = np.log(np.asarray(fitted.y))[None, :] - np.log(np.maximum(law_at_fitted, 1e-300))
     key_walk, key_beyond = jax.random.split(key)
     knots = walk_draws(spec, key_walk, samples[DRIFT_SITE], variance, residual, z_fitted)
@@ -86,10 +88,10 @@ def predict(fit, at: Mapping[str, float | Sequence[float]] | pd.DataFrame, *, se
     distribution (partial pooling only), so its interval includes the spread between setups."""
     key = jax.random.PRNGKey(seed)
     if fit.grouping is None:
-        points = points_from_mapping(at, fit.law)
+        points = points_from_mapping(at, fit.law, fit.runs.sources)
     else:
         frame = at if isinstance(at, pd.DataFrame) else pd.DataFrame({k: np.atleast_1d(v) for k, v in at.items()})
-        points = points_from_mapping(frame.drop(columns=[fit.grouping.column], errors="ignore"), fit.law)
+        points = points_from_mapping(frame.drop(columns=[fit.grouping.column], errors="ignore"), fit.law, fit.runs.sources)
     samples = draws(fit, list(fit.data.posterior.data_vars))
     if fit.law.numpyro_model is not None:
         return _predict_raw_model(fit, points, samples, seed)

@@ -88,8 +88,31 @@ def test_likelihood_carries_the_discrepancy_through_priors_and_its_saved_form():
         bs.Likelihood().with_priors({"drift": dist.HalfNormal(0.05)})
     with pytest.raises(ValueError, match="unknown discrepancy"):
         bs.Likelihood(discrepancy="gaussian_process")
-    with pytest.raises(ValueError, match="needs the normal"):
-        bs.Likelihood("student_t", discrepancy="random_walk")
+    with pytest.raises(ValueError, match="ar1 likelihood"):
+        bs.Likelihood("ar1", discrepancy="random_walk")
+    assert bs.Likelihood("student_t", discrepancy="random_walk").param_names == ("sigma", "drift")
+
+
+def test_student_t_noise_with_the_walk_gives_an_outlier_a_small_weight_instead_of_a_large_sigma():
+    """Student-t noise as a scale mixture keeps the walk integrated out: one run 15% off the law gets the
+    smallest precision weight, and sigma stays near the 1% of the other runs (the normal likelihood's sigma
+    absorbs the outlier)."""
+    from bayescale.discrepancy import NOISE_WEIGHT_SITE
+
+    table = simulate_chinchilla(num_runs=30, sigma=0.01, seed=8)
+    table.loc[7, "loss"] *= 1.15
+    fits = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for family in ("normal", "student_t"):
+            fits[family] = bs.fit(table, "chinchilla", likelihood=family, discrepancy="random_walk", num_warmup=300,
+                                  num_samples=300, num_chains=2, seed=0, misfit_checks=False, retries=0)
+    sigma = {k: float(np.median(bs.draws(f)["sigma"])) for k, f in fits.items()}
+    assert sigma["student_t"] < 0.02 < sigma["normal"]
+    weights = np.asarray(fits["student_t"].data.posterior[NOISE_WEIGHT_SITE]).reshape(-1, len(table)).mean(axis=0)
+    assert weights.shape == (30,) and int(np.argmin(weights)) == 7
+    beyond = bs.predict(fits["student_t"], {"N": [3e11], "D": [6e12]}).new_run
+    assert np.isfinite(beyond).all()
 
 
 @pytest.fixture(scope="module")
