@@ -8,6 +8,8 @@
     bs.optimal_allocation(fit, compute=5.76e23).quantiles()
 """
 
+from importlib import metadata as _metadata
+
 from bayescale.compilation import configure as _configure
 
 _configure()
@@ -17,6 +19,7 @@ from bayescale.examples import EXAMPLES, load_example  # noqa: E402
 from bayescale.fit import Fit, fit  # noqa: E402
 from bayescale.misfit import Misfit, MisfitWarning, check_misfit  # noqa: E402
 from bayescale.inference import SamplerSettings  # noqa: E402
+from bayescale.retries import RetryPolicy  # noqa: E402
 from bayescale.law import Derivation, Law, Param, get_law, laws, register_law  # noqa: E402
 from bayescale.likelihood import Likelihood  # noqa: E402
 from bayescale.discrepancy import Discrepancy  # noqa: E402
@@ -31,7 +34,10 @@ from bayescale.compare import compare, format_notes  # noqa: E402
 from bayescale.averaging import average_downstream, average_predict  # noqa: E402
 from bayescale.backtest import Backtest, backtest  # noqa: E402
 
-__version__ = "0.1.0"
+try:  # one version source: pyproject.toml, through the installed package's metadata
+    __version__ = _metadata.version("bayescale")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"
 
 __all__ = [
     "Allocation", "ConvergenceWarning", "DataError", "Derivation", "Diagnostics", "EXAMPLES", "Fit", "Law",
@@ -40,5 +46,5 @@ __all__ = [
     "register_law", "runs_from_table", "save", "summary",
     "prior_predictive", "PriorPredictive",
     "Backtest", "backtest", "Evidence", "average_downstream", "average_predict", "compare", "format_notes", "log_evidence",
-    "Misfit", "MisfitWarning", "check_misfit",
+    "Misfit", "MisfitWarning", "check_misfit", "RetryPolicy",
 ]

@@ -218,8 +218,9 @@ def log_predictive_density(likelihood: Likelihood, mean: np.ndarray, samples: Ma
 
 
 def _refit(law: Law, likelihood: Likelihood, priors, train: list[Runs], settings: SamplerSettings, seed: int,
-           map_starts: int, grouping=None) -> list[tuple[dict[str, np.ndarray], bool]]:
-    """Posterior draws (every site, flattened over chains) and the convergence verdict of each training set."""
+           map_starts: int, grouping=None, retries=None) -> list[tuple[dict[str, np.ndarray], bool, int]]:
+    """Posterior draws (every site, flattened over chains), the convergence verdict and the number of
+    automatic retries (`bayescale.retries`) of each training set."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each refit's verdict is reported in the backtest's table instead
         if grouping is None and likelihood.family != "ar1" and law.numpyro_model is None:
@@ -228,9 +229,10 @@ def _refit(law: Law, likelihood: Likelihood, priors, train: list[Runs], settings
             # Padded to a multiple of 32 runs, so backtests of tables of similar size share a compiled program.
             width = -(-max(len(r) for r in train) // 32) * 32
             batch = fit_batch(train, law, likelihood=likelihood, priors=priors, settings=settings,
-                              seeds=[seed] * len(train), map_starts=map_starts, num_runs=width)
-            flat = {k: v.reshape(v.shape[0], -1, *v.shape[3:]) for k, v in batch.samples.items()}
-            return [({k: v[i] for k, v in flat.items()}, bool(batch.converged[i])) for i in range(len(train))]
+                              seeds=[seed] * len(train), map_starts=map_starts, num_runs=width, retries=retries)
+            flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731  (chains, draws, ...) -> (chains x draws, ...)
+            return [({k: flat(v) for k, v in batch.member_samples(i).items()}, bool(batch.converged[i]),
+                     len(batch.attempts[i])) for i in range(len(train))]
         from bayescale.fit import fit as run_fit
         from bayescale.posterior import draws
 
@@ -238,8 +240,8 @@ def _refit(law: Law, likelihood: Likelihood, priors, train: list[Runs], settings
         for runs in train:
             grouped = {} if grouping is None else {"pooling": grouping.level, "group_scale": grouping.scale}
             refit = run_fit(runs, law, likelihood=likelihood, priors=priors, settings=settings, seed=seed,
-                            map_starts=map_starts, **grouped)
-            out.append((draws(refit, list(refit.data.posterior.data_vars)), bool(refit.converged)))
+                            map_starts=map_starts, retries=retries, **grouped)
+            out.append((draws(refit, list(refit.data.posterior.data_vars)), bool(refit.converged), len(refit.attempts)))
         return out
 
 
@@ -336,6 +338,7 @@ def backtest(
     seed: int = 0,
     map_starts: int = 32,
     allow_repeats: bool = False,
+    retries: Any = None,
 ) -> Backtest:
     """Refit each law on the runs kept by each hold-out rule and score its forecasts of the runs held out.
 
@@ -344,7 +347,8 @@ def backtest(
     module docstring: `mask` or `holdout_column` (one fold), `cuts` (rolling origins: shares or counts of the
     largest runs by `by`), or `holdout` (one fold; default 0.2). `likelihood`, `discrepancy`, `priors`,
     `columns`, `y`, `se`: as in `bayescale.fit`. Sampler: `settings`, or `num_warmup`/`num_samples`/
-    `num_chains`. Every refit uses `seed`. `datasets`: a column naming independent data sets in one table
+    `num_chains`; `retries` as in `bayescale.fit` (refits that fail their checks are rerun, in batches together
+    in a second vmapped pass). Every refit uses `seed`. `datasets`: a column naming independent data sets in one table
     (each gets its own folds; all folds of a law are refitted in one batched program).
     """
     from bayescale.fit import Fit, _check_prior_names
@@ -403,8 +407,8 @@ def backtest(
                 jobs.append((dataset, fold, runs, subset(runs, ~fold.held_out)))
                 all_folds.append(fold)
         refits = _refit(law.with_priors(own_priors), lik.with_priors(own_priors), {}, [job[3] for job in jobs], settings,
-                        seed, map_starts, grouping)
-        for index, ((dataset, fold, runs, fitted), (samples, converged)) in enumerate(zip(jobs, refits)):
+                        seed, map_starts, grouping, retries)
+        for index, ((dataset, fold, runs, fitted), (samples, converged, retried)) in enumerate(zip(jobs, refits)):
             test = subset(runs, fold.held_out)
             key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
             if grouping is not None:
@@ -428,6 +432,6 @@ def backtest(
             rows.append(scored)
             refit_rows.append({"law": law.name, **({"dataset": dataset} if dataset is not None else {}),
                                "fold": fold.name, "fitted_runs": len(fitted), "held_out_runs": len(test),
-                               "converged": converged})
+                               "converged": converged, "retries": retried})
     return Backtest(table=pd.concat(rows, ignore_index=True), refits=pd.DataFrame(refit_rows), levels=levels,
                     folds=all_folds)

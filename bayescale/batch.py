@@ -33,6 +33,7 @@ trajectory in the batch (../shared/STACK.md), so very heterogeneous batches pay 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -50,6 +51,7 @@ from bayescale.inference import SamplerSettings, chain_starts, nuts_options
 from bayescale.law import Law, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.map_estimate import best_of_starts
+from bayescale.retries import as_retry_policy, attempt_record, escalate
 from bayescale.model import law_model, pointwise_log_likelihood, posterior_predictive_draws, prior_draws
 from bayescale.runs import Runs
 
@@ -233,6 +235,14 @@ def _shard_inputs(inputs, count: int, shard: bool):
     return jax.device_put(_pad_batch(inputs, total), sharding), count
 
 
+def unpadded(samples: Mapping[str, np.ndarray], i: int, num_runs: int) -> dict[str, np.ndarray]:
+    """Data set `i`'s draws from batched ones {site: (data sets, chains, draws, ...)}; sites with one value per
+    run (`bayescale.discrepancy.PER_RUN_SITES`) lose the padding's entries."""
+    from bayescale.discrepancy import PER_RUN_SITES
+
+    return {k: (v[i][..., :num_runs] if k in PER_RUN_SITES else v[i]) for k, v in samples.items()}
+
+
 # ---- vectorised diagnostics ----
 
 
@@ -289,6 +299,9 @@ class BatchFit:
     priors: dict[str, Any] = field(default_factory=dict)
     num_prior_draws: int = 500
     shard: bool = True
+    # Per data set: its failed attempts (`bayescale.retries.attempt_record`) and the settings of its last run.
+    attempts: list[list[dict]] = field(default_factory=list)
+    member_settings: list[SamplerSettings] = field(default_factory=list)
     _predictive: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -312,6 +325,10 @@ class BatchFit:
             self._predictive = jax.tree.map(lambda a: np.asarray(a)[:count], out)
         return self._predictive
 
+    def member_samples(self, i: int) -> dict[str, np.ndarray]:
+        """Data set `i`'s posterior draws {site: (chains, draws, ...)}, per-run sites cut to its own runs."""
+        return unpadded(self.samples, i, int(self.stacked.sizes[i]))
+
     def fit(self, i: int, misfit_checks: bool = True):
         """The engine's `Fit` of data set `i` (padding removed), as `bayescale.fit.fit` would return it
         (`misfit_checks`: with its `bayescale.misfit` checks, ~0.1 s, but without the warnings)."""
@@ -323,7 +340,7 @@ class BatchFit:
         num_chains = self.settings.num_chains
         by_chain = lambda a: np.asarray(a).reshape(num_chains, -1, *np.shape(a)[1:])  # noqa: E731
         dt = datatree_from_draws(
-            posterior={k: v[i] for k, v in self.samples.items()},
+            posterior=unpadded(self.samples, i, n),
             sample_stats={k: v[i] for k, v in self.stats.items()},
             log_likelihood=by_chain(pred["loglik"][i][:, :n]),
             posterior_predictive=by_chain(pred["ppc"][i][:, :n]),
@@ -336,11 +353,12 @@ class BatchFit:
             data=dt,
             runs=self.runs[i],
             diagnostics=self.diagnostics[i],
-            settings=self.settings,
+            settings=self.member_settings[i] if self.member_settings else self.settings,
             seed=int(self.seeds[i]),
             map={k: float(v[i]) for k, v in self.map.items() if not k.startswith("_") and np.ndim(v[i]) == 0},
             priors=self.priors,
             misfit=check_misfit(dt, self.runs[i].labels) if misfit_checks and applies(dt, self.likelihood.family) else None,
+            attempts=list(self.attempts[i]) if self.attempts else [],
         )
 
 
@@ -360,6 +378,7 @@ def fit_batch(
     thresholds: Thresholds = Thresholds(),
     shard: bool = True,
     chunk_size: int | None = 256,
+    retries: Any = None,
 ) -> BatchFit:
     """Fit `law` to every data set in `runs_list` (validated `Runs`, e.g. from `runs_from_table`) in one
     vmapped program. `likelihood` and `discrepancy`: as in `bayescale.fit`. `seeds`: one per data set, or an int s giving data set i the seed s + i. `num_runs`: pad
@@ -367,7 +386,9 @@ def fit_batch(
     `shard`: split the data sets over all local devices when there are several. `chunk_size`: at most this
     many data sets per call of the compiled program (the last chunk padded to it, so one compilation serves
     all chunks); memory then stays that of one chunk, whatever the batch size (measured on CPU: ~2 GB peak
-    for 100 Chinchilla data sets x 4 chains x 500 + 500, 14 GB for 1,000 in one call). None: one call."""
+    for 100 Chinchilla data sets x 4 chains x 500 + 500, 14 GB for 1,000 in one call). None: one call.
+    `retries`: as in `bayescale.fit`; the data sets that fail their checks are refitted together in a second
+    vmapped pass with escalated settings (same number of draws), and `attempts[i]` says what was done."""
     from bayescale.fit import _check_prior_names
 
     law = get_law(law)
@@ -388,18 +409,35 @@ def fit_batch(
     program = _program(model, *jax.tree.map(lambda a: a[0], (args, kwargs)))
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
 
-    width = count if not chunk_size or count <= chunk_size else int(chunk_size)
-    pieces = []
-    for start in range(0, count, width):
-        chunk = jax.tree.map(lambda a: a[start:start + width], (keys, args, kwargs))
-        size = len(chunk[0])
-        inputs, _ = _shard_inputs(_pad_batch(chunk, width), width, shard)
-        out = _fit_many(program, settings, map_starts, map_iter, *inputs)
-        pieces.append(jax.tree.map(lambda a: np.asarray(a)[:size], out))
-    out = jax.tree.map(lambda *parts: np.concatenate(parts), *pieces) if len(pieces) > 1 else pieces[0]
+    out = _run_chunks(program, settings, map_starts, map_iter, (keys, args, kwargs), chunk_size, shard)
+    diagnostics = batch_diagnostics(out["samples"], out["stats"], thresholds)
+
+    # Retries (`bayescale.retries`): the data sets that failed their checks are refitted together, in one more
+    # vmapped pass per retry, with settings escalated by every kind of failure among them; the number of
+    # draws stays, so their draws replace the failed ones in place.
+    policy = as_retry_policy(retries)
+    attempts = [[] for _ in range(count)]
+    member_settings = [settings] * count
+    current, starts = settings, map_starts
+    for attempt in range(1, policy.max_retries + 1):
+        failed = np.flatnonzero([not d.converged for d in diagnostics])
+        if failed.size == 0:
+            break
+        union = dataclasses.replace(diagnostics[failed[0]], failed=frozenset().union(*(diagnostics[i].failed for i in failed)))
+        step = escalate(current, starts, union, policy, fixed_draws=True)
+        for i in failed:
+            attempts[i].append(attempt_record(current, starts, diagnostics[i], step.reason))
+        current, starts = step.settings, step.map_starts
+        retry_keys = jax.vmap(lambda k: jax.random.fold_in(k, attempt))(keys[failed])
+        subset = jax.tree.map(lambda a: a[failed], (args, kwargs))
+        again = _run_chunks(program, current, starts, map_iter, (retry_keys, *subset), chunk_size, shard)
+        redone = batch_diagnostics(again["samples"], again["stats"], thresholds)
+        out = jax.tree.map(lambda whole, part: _put(whole, failed, part), out, again)
+        for j, i in enumerate(failed):
+            diagnostics[i] = redone[j]
+            member_settings[i] = current
 
     samples = dict(out["samples"])
-    diagnostics = batch_diagnostics(samples, out["stats"], thresholds)
     return BatchFit(
         law=law,
         likelihood=likelihood,
@@ -415,4 +453,27 @@ def fit_batch(
         priors=priors,
         num_prior_draws=num_prior_draws,
         shard=shard,
+        attempts=attempts,
+        member_settings=member_settings,
     )
+
+
+def _put(whole: np.ndarray, index: np.ndarray, part: np.ndarray) -> np.ndarray:
+    out = np.array(whole, copy=True)
+    out[index] = part
+    return out
+
+
+def _run_chunks(program, settings, map_starts, map_iter, inputs, chunk_size, shard) -> dict:
+    """`_fit_many` over (keys, args, kwargs) with a data-set axis, `chunk_size` data sets per call."""
+    count = len(inputs[0])
+    width = count if not chunk_size or count <= chunk_size else int(chunk_size)
+    pieces = []
+    for start in range(0, count, width):
+        chunk = jax.tree.map(lambda a: a[start:start + width], inputs)
+        size = len(chunk[0])
+        sharded, _ = _shard_inputs(_pad_batch(chunk, width), width, shard)
+        out = _fit_many(program, settings, map_starts, map_iter, *sharded)
+        pieces.append(jax.tree.map(lambda a: np.asarray(a)[:size], out))
+    out = jax.tree.map(lambda *parts: np.concatenate(parts), *pieces) if len(pieces) > 1 else pieces[0]
+    return {**out, "samples": dict(out["samples"])}

@@ -34,10 +34,26 @@ class Diagnostics:
     num_draws: int
     bfmi: np.ndarray                      # per chain
     problems: list[str] = field(default_factory=list)
+    # Which checks failed, out of FAILURE_KINDS: "ess" alone means "run longer"; "divergences", "bfmi" or
+    # "rhat" mean the sampler did not explore the posterior as it is (see `bayescale.retries`).
+    failed: frozenset[str] = frozenset()
+    # Parameters the data barely inform (`prior_contraction`): their posterior is close to their prior, which
+    # is the usual reason an exponent or a break point "does not converge".
+    weakly_identified: tuple[str, ...] = ()
 
     @property
     def converged(self) -> bool:
         return not self.problems
+
+    @property
+    def verdict(self) -> str:
+        """One line: converged; only too few effective draws (run longer); or a sampling failure."""
+        if self.converged:
+            return "converged"
+        if self.failed == {"ess"}:
+            return "too few effective draws: the chains agree, run longer (more num_samples)"
+        broken = ", ".join(FAILURE_LABELS[k] for k in FAILURE_KINDS if k in self.failed and k != "ess")
+        return f"sampling failed ({broken}): the draws may not represent the posterior"
 
     def to_dict(self) -> dict:
         return {
@@ -49,7 +65,15 @@ class Diagnostics:
                 name: {k: float(v) for k, v in row.items()} for name, row in self.table.iterrows()
             },
             "problems": list(self.problems),
+            "failed": sorted(self.failed),
+            "weakly_identified": list(self.weakly_identified),
+            "verdict": self.verdict,
         }
+
+
+FAILURE_KINDS = ("divergences", "bfmi", "rhat", "ess")
+FAILURE_LABELS = {"divergences": "divergent transitions", "bfmi": "low E-BFMI", "rhat": "R-hat: chains disagree",
+                  "ess": "too few effective draws"}
 
 
 def _worst(stat, names, reduce) -> dict[str, float]:
@@ -80,37 +104,96 @@ def judge(table: pd.DataFrame, divergences: int, num_draws: int, bfmi: np.ndarra
     diagnostics of `bayescale.batch`)."""
     min_ess = thresholds.min_ess_per_chain * num_chains
     problems = []
+    failed = set()
     for name, row in table.iterrows():
         if not np.isfinite(row.rhat) or row.rhat > thresholds.max_rhat:
+            failed.add("rhat")
             problems.append(
                 f"{name}: R-hat {row.rhat:.3f} > {thresholds.max_rhat} (chains disagree: run more warm-up/draws, "
                 f"check for several modes, or tighten the prior)"
             )
         if not row.ess_bulk >= min_ess or not row.ess_tail >= min_ess:
+            failed.add("ess")
             problems.append(
                 f"{name}: ESS bulk {row.ess_bulk:.0f} / tail {row.ess_tail:.0f} < {min_ess:.0f} "
                 f"(draw more samples, or reparametrise)"
             )
     if divergences > thresholds.max_divergences:
+        failed.add("divergences")
         problems.append(
             f"{divergences} divergent transitions of {num_draws} (raise target_accept_prob, e.g. 0.95-0.99, "
             f"or use more informative priors; the posterior may be biased)"
         )
     low = np.flatnonzero(bfmi < thresholds.min_bfmi)
     if low.size:
+        failed.add("bfmi")
         problems.append(
             f"E-BFMI {', '.join(f'{bfmi[i]:.2f}' for i in low)} < {thresholds.min_bfmi} in chains {low.tolist()} "
             f"(heavy-tailed energy: the sampler explores poorly; reparametrise or tighten priors)"
         )
-    return Diagnostics(table=table, divergences=divergences, num_draws=num_draws, bfmi=bfmi, problems=problems)
+    return Diagnostics(table=table, divergences=divergences, num_draws=num_draws, bfmi=bfmi, problems=problems,
+                       failed=frozenset(failed))
 
 
-def warn_if_not_converged(diagnostics: Diagnostics, what: str = "fit") -> None:
+# Below this contraction the posterior sd is more than 0.7 of the prior's: the data add little to the prior.
+WEAK_CONTRACTION = 0.5
+
+
+COLUMNS = ["prior_sd", "posterior_sd", "scale", "contraction"]
+
+
+def prior_contraction(dt, names) -> pd.DataFrame:
+    """Per parameter, prior and posterior sd and the contraction 1 - var(posterior) / var(prior) (Betancourt
+    2018, "Calibrating model-based inferences and decisions"), on the log scale for positive parameters
+    (their priors are log-scale). Near 1: the data pin the parameter; near 0: the posterior is the prior.
+    Needs the DataTree's prior group; parameters missing there are left out."""
+    rows = {}
+    if "prior" not in dt.children:
+        return pd.DataFrame(columns=COLUMNS)
+    prior, posterior = dt.prior, dt.posterior
+    for name in names:
+        if name not in prior.data_vars or name not in posterior.data_vars:
+            continue
+        a, b = np.asarray(prior[name], float).ravel(), np.asarray(posterior[name], float).ravel()
+        if np.ndim(prior[name]) > 2 or a.size < 2 or b.size < 2:
+            continue  # vector parameters (per group) are judged through their hyper-parameters
+        positive = bool((a > 0).all() and (b > 0).all())
+        if positive:
+            a, b = np.log(a), np.log(b)
+        prior_sd, post_sd = float(np.std(a)), float(np.std(b))
+        rows[name] = {"prior_sd": prior_sd, "posterior_sd": post_sd, "scale": "log" if positive else "linear",
+                      "contraction": 1.0 - (post_sd / prior_sd) ** 2 if prior_sd > 0 else np.nan}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=COLUMNS)
+
+
+def weakly_identified(dt, names, threshold: float = WEAK_CONTRACTION) -> tuple[str, ...]:
+    """Sentences naming the parameters whose posterior contracted less than `threshold` from the prior."""
+    table = prior_contraction(dt, names)
+    return tuple(
+        f"{name}: barely identified by the data (posterior sd {row.posterior_sd:.3g} against prior sd "
+        f"{row.prior_sd:.3g}{' on the log scale' if row.scale == 'log' else ''}, contraction {row.contraction:.2f}): its prior "
+        f"decides it; give an informative prior, fix it, use a simpler law, or add runs where it matters"
+        for name, row in table.iterrows() if np.isfinite(row.contraction) and row.contraction < threshold)
+
+
+def warn_if_not_converged(diagnostics: Diagnostics, what: str = "fit", settings=None, attempts=()) -> None:
+    """A `ConvergenceWarning` listing the problems; with `settings` (a `SamplerSettings`), the values the
+    last attempt ran with and how to change them; with `attempts`, the retries already made."""
     if diagnostics.converged:
         return
+    lines = list(diagnostics.weakly_identified) + list(diagnostics.problems)
+    if attempts:
+        lines.append(f"after {len(attempts)} automatic retr{'y' if len(attempts) == 1 else 'ies'}: "
+                     + "; ".join(a["retry_because"] for a in attempts))
+    if settings is not None:
+        lines.append(
+            f"last run: {settings.num_chains} chains x {settings.num_warmup} warm-up + {settings.num_samples} draws, "
+            f"target_accept_prob {settings.target_accept_prob}, max_tree_depth {settings.max_tree_depth}; change "
+            f"them with fit(..., settings=bayescale.SamplerSettings(...)) or the CLI's --warmup, --draws, "
+            f"--target-accept, --max-tree-depth, --retries")
     warnings.warn(
-        f"{what} DID NOT CONVERGE; do not trust its posterior or predictions:\n  - "
-        + "\n  - ".join(diagnostics.problems),
+        f"{what} DID NOT CONVERGE ({diagnostics.verdict}); do not trust its posterior or predictions:\n  - "
+        + "\n  - ".join(lines),
         ConvergenceWarning,
         stacklevel=3,
     )

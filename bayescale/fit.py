@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
+from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged, weakly_identified
 from bayescale.inference import SamplerSettings, run_nuts
 from bayescale.law import Law, PriorSpec, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
@@ -29,6 +29,7 @@ from bayescale.map_estimate import MapResult, map_estimate
 from bayescale.misfit import Misfit, MisfitWarning, applies as misfit_applies, check_misfit, warn_if_misfit
 from bayescale.model import law_model, pointwise_log_likelihood, posterior_predictive_draws, prior_draws
 from bayescale.grouping import Grouping, group_stats, grouped_law_model, make_grouping
+from bayescale.retries import RetryPolicy, as_retry_policy, attempt_record, escalate
 from bayescale.runs import DataError, Runs, runs_from_table
 
 
@@ -48,6 +49,9 @@ class Fit:
     priors: dict[str, Any] = field(default_factory=dict)  # the overrides this fit used, as given
     grouping: Grouping | None = None  # grouped fits: which parameters vary by group, and how
     misfit: Misfit | None = None  # leave-one-out misfit checks (bayescale.misfit); None when not run
+    # Earlier attempts that failed their convergence checks and were rerun with escalated settings
+    # (`bayescale.retries`): what each ran, what failed, and why the next one changed; [] when none was needed.
+    attempts: list[dict] = field(default_factory=list)
 
     @property
     def converged(self) -> bool:
@@ -79,6 +83,8 @@ class Fit:
 
     def __repr__(self) -> str:
         state = "converged" if self.converged else "NOT CONVERGED"
+        if self.attempts:
+            state += f" after {len(self.attempts)} retr{'y' if len(self.attempts) == 1 else 'ies'}"
         return f"Fit(law={self.law.name!r}, likelihood={self.likelihood.family!r}, runs={len(self.runs)}, {state})"
 
 
@@ -201,6 +207,7 @@ def fit(
     group_scale: float = 0.5,
     sequence: tuple[str, str] | None = None,
     misfit_checks: bool = True,
+    retries: RetryPolicy | int | bool | None = None,
 ) -> Fit:
     """Fit `law` to a table of runs with NUTS; see the module docstring.
 
@@ -219,6 +226,11 @@ def fit(
 
     Training curves: `sequence=(run column, step column)` orders each run's points, for the "ar1"
     likelihood (correlated residuals within a run); the "ar1" likelihood requires it.
+
+    `retries`: a fit that fails its convergence checks is rerun with settings escalated by what failed
+    (`bayescale.retries`: smaller steps and a longer warm-up for divergences, more MAP starts for R-hat, more
+    draws for a low ESS); None (the default) allows one retry, 0 or False none, an int that many, or a
+    `RetryPolicy`. `fit.attempts` records the failed attempts and why each retry changed what it did.
 
     `misfit_checks`: check each run with PSIS-LOO Pareto k and LOO-PIT (`bayescale.misfit`; not for "ar1",
     whose points are not exchangeable) and emit a `MisfitWarning` naming the runs the model does not describe.
@@ -251,13 +263,24 @@ def fit(
     args, kwargs = model_inputs(runs)
     key_map, key_nuts, key_pred = jax.random.split(jax.random.PRNGKey(seed), 3)
 
-    mode: MapResult = map_estimate(model, args, kwargs, key_map, num_starts=map_starts)
-    mcmc = run_nuts(model, args, kwargs, key_nuts, settings, init_unconstrained=mode.unconstrained)
-    dt = to_datatree(mcmc, model, args, kwargs, runs, key_pred, prior_draw_count=num_prior_draws,
-                     conditional=likelihood.discrepancy is not None)
-    names = [n for n in dt.posterior.data_vars if not str(n).startswith("_")]
-    diagnostics = check_convergence(dt, params=names, thresholds=thresholds)
-    warn_if_not_converged(diagnostics, what=f"fit of law {law.name!r}")
+    policy = as_retry_policy(retries)
+    attempts: list[dict] = []
+    for attempt in range(policy.max_retries + 1):
+        # Attempt 0 uses the seed's own streams, so a fit that converges first time is what it always was.
+        keys = (key_map, key_nuts, key_pred) if attempt == 0 else jax.random.split(jax.random.fold_in(key_nuts, attempt), 3)
+        mode: MapResult = map_estimate(model, args, kwargs, keys[0], num_starts=map_starts)
+        mcmc = run_nuts(model, args, kwargs, keys[1], settings, init_unconstrained=mode.unconstrained)
+        dt = to_datatree(mcmc, model, args, kwargs, runs, keys[2], prior_draw_count=num_prior_draws,
+                         conditional=likelihood.discrepancy is not None)
+        names = [n for n in dt.posterior.data_vars if not str(n).startswith("_")]
+        diagnostics = check_convergence(dt, params=names, thresholds=thresholds)
+        diagnostics = dataclasses.replace(diagnostics, weakly_identified=weakly_identified(dt, names))
+        if diagnostics.converged or attempt == policy.max_retries:
+            break
+        step = escalate(settings, map_starts, diagnostics, policy)
+        attempts.append(attempt_record(settings, map_starts, diagnostics, step.reason))
+        settings, map_starts = step.settings, step.map_starts
+    warn_if_not_converged(diagnostics, what=f"fit of law {law.name!r}", settings=settings, attempts=attempts)
     misfit = None
     if misfit_checks and misfit_applies(dt, likelihood.family):
         try:
@@ -279,6 +302,7 @@ def fit(
         priors=priors,
         grouping=grouping,
         misfit=misfit,
+        attempts=attempts,
     )
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bayescale.diagnostics import Thresholds
 from bayescale.inference import SamplerSettings
 from bayescale.runs import DataError, read_table, runs_from_table
 
@@ -65,6 +66,8 @@ class Job:
     evidence: bool = False
     allow_repeats: bool = False
     pad_runs: int | None = None  # pad every data set to this many runs (default: the job's largest)
+    retries: int = 1  # second vmapped passes for the data sets that fail their checks (bayescale.retries)
+    thresholds: Thresholds = Thresholds()
     fail_after: int | None = None  # testing hook: raise after this many fits are recorded (simulated kill)
 
     def units(self) -> list[tuple[str, str]]:
@@ -98,7 +101,7 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     raise JobError(f"{path}: job files are TOML (.toml) or YAML (.yaml, .yml)")
 
 
-_KNOWN = {"pad_runs", "data", "laws", "output", "sampler", "seed", "likelihood", "discrepancy", "shard_size", "map_starts", "quantiles",
+_KNOWN = {"pad_runs", "data", "laws", "output", "sampler", "retries", "thresholds", "seed", "likelihood", "discrepancy", "shard_size", "map_starts", "quantiles",
           "predict_at", "evidence"}
 _DATA_KNOWN = {"files", "table", "group_by", "columns", "y", "se", "allow_repeats"}
 
@@ -139,6 +142,13 @@ def job_from_mapping(spec: Mapping[str, Any], base: Path = Path("."), **override
     if set(sampler) - valid:
         raise JobError(f"unknown sampler settings {sorted(set(sampler) - valid)}; known: {sorted(valid)}")
     settings = SamplerSettings(**{"num_warmup": 500, "num_samples": 500, **sampler})
+    limits = dict(spec.get("thresholds", {}))
+    valid = set(Thresholds.__dataclass_fields__)
+    if set(limits) - valid:
+        raise JobError(f"unknown thresholds {sorted(set(limits) - valid)}; known: {sorted(valid)}")
+    retries = spec.get("retries", 1)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise JobError(f"'retries' must be a whole number >= 0, got {retries!r}")
     predict_at = spec.get("predict_at", [])
     if isinstance(predict_at, Mapping):
         predict_at = [predict_at]
@@ -164,6 +174,8 @@ def job_from_mapping(spec: Mapping[str, Any], base: Path = Path("."), **override
         evidence=bool(spec.get("evidence", False)),
         allow_repeats=bool(data.get("allow_repeats", False)),
         pad_runs=int(spec["pad_runs"]) if "pad_runs" in spec else None,
+        retries=retries,
+        thresholds=Thresholds(**limits),
     )
     if job.shard_size < 1:
         raise JobError("shard_size must be at least 1")
@@ -259,7 +271,8 @@ def summary_row(fit, job: Job, dataset: str, law: str, path: Path) -> dict[str, 
     diag = fit.diagnostics
     row.update(converged=diag.converged, divergences=diag.divergences,
                max_rhat=float(diag.table["rhat"].max()), min_ess_bulk=float(diag.table["ess_bulk"].min()),
-               min_ess_tail=float(diag.table["ess_tail"].min()), problems="; ".join(diag.problems))
+               min_ess_tail=float(diag.table["ess_tail"].min()), problems="; ".join(diag.problems),
+               verdict=diag.verdict, retries=len(fit.attempts))
     table = summary(fit, quantiles=job.quantiles)
     for name, stats in table.iterrows():
         for col in ("mean", "sd", *(f"q{100 * q:g}" for q in job.quantiles), "map"):
@@ -313,7 +326,8 @@ def run_shard(job: Job, law: str, names: Sequence[str]) -> list[dict[str, Any]]:
             warnings.simplefilter("ignore")  # convergence is reported per row, not as thousands of warnings
             batch = fit_batch([runs[n] for n in group], law_obj, likelihood=job.likelihood,
                               discrepancy=job.discrepancy, settings=job.settings, seeds=[job.seed_of(n) for n in group],
-                              map_starts=job.map_starts, num_runs=job.width())
+                              map_starts=job.map_starts, num_runs=job.width(), retries=job.retries,
+                              thresholds=job.thresholds)
         for i, name in enumerate(group):
             try:
                 fit = batch.fit(i)

@@ -77,6 +77,7 @@ def save(fit, path: str | Path) -> Path:
             "group_labels": [str(g) for g in fit.runs.group_labels],
         },
         "grouping": fit.grouping.to_dict() if fit.grouping is not None else None,
+        "attempts": list(getattr(fit, "attempts", [])),
     }
     dt = fit.data.copy()
     dt.attrs["bayescale"] = json.dumps(meta)
@@ -163,4 +164,5 @@ def load(path: str | Path, law: Law | None = None):
         grouping=Grouping.from_dict(meta["grouping"]) if meta.get("grouping") else None,
         # Recomputed like the diagnostics (deterministic: the same values as at fit time), without warning.
         misfit=check_misfit(dt, runs.labels) if misfit_applies(dt, likelihood.family) else None,
+        attempts=list(meta.get("attempts", [])),
     )
