@@ -52,18 +52,35 @@ class Runs:
 
 
 def read_table(source: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A table from a DataFrame (as is) or a CSV, TSV or Parquet file; every unreadable file is a `DataError`
+    naming it."""
     if isinstance(source, pd.DataFrame):
         return source
     path = Path(source)
     if not path.exists():
         raise DataError(f"no such file: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a table file (CSV, TSV or Parquet)")
     suffix = path.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
-        return pd.read_parquet(path)
-    if suffix == ".tsv":
-        return pd.read_csv(path, sep="\t")
-    if suffix in {".csv", ".txt", ""}:
-        return pd.read_csv(path)
+    try:
+        if suffix in {".parquet", ".pq"}:
+            return pd.read_parquet(path)
+        if suffix in {".tsv", ".csv", ".txt", ""}:
+            sep = "\t" if suffix == ".tsv" else ","
+            # pandas renames a repeated header ("loss", "loss.1") silently; which copy is meant is the user's call.
+            names = [str(v) for v in pd.read_csv(path, sep=sep, nrows=1, header=None).iloc[0]]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise DataError(f"{path}: column names {repeated} appear more than once in the header; rename the copies")
+            return pd.read_csv(path, sep=sep)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: no header and no rows") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 CSV") from None
+    except (pd.errors.ParserError, OSError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path} could not be read as a {suffix.lstrip('.') or 'CSV'} table: {err}") from None
     raise DataError(f"{path}: unknown table format {suffix!r}; use CSV, TSV or Parquet")
 
 
@@ -78,7 +95,15 @@ def _numeric_column(table: pd.DataFrame, column: str, role: str, labels: np.ndar
         raise DataError(
             f"column {column!r} ({role}) is not in the table; columns are: {', '.join(map(str, table.columns))}"
         )
-    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+    series = table[column]
+    if isinstance(series, pd.DataFrame):
+        raise DataError(f"column name {column!r} ({role}) appears {series.shape[1]} times in the table; rename the copies")
+    kind = ("dates or times" if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series)
+            else "complex numbers" if pd.api.types.is_complex_dtype(series)
+            else "booleans (True/False)" if pd.api.types.is_bool_dtype(series) else None)
+    if kind is not None:
+        raise DataError(f"column {column!r} ({role}) holds {kind}, not numbers; convert it to the quantity's units")
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     text = table[column].notna().to_numpy() & np.isnan(values)
     if text.any():
         raise DataError(f"column {column!r} ({role}) is not numeric at rows {_rows(labels, text)}")
@@ -89,6 +114,21 @@ def _numeric_column(table: pd.DataFrame, column: str, role: str, labels: np.ndar
     if infinite.any():
         raise DataError(f"column {column!r} ({role}) has infinite values at rows {_rows(labels, infinite)}")
     return values
+
+
+# Scaling inputs span about 1e-3 (a learning rate) to 1e30 (FLOPs); beyond 1e+-60, powers such as N^alpha and
+# products such as 6 N D leave float64's range during sampling, which then fails as a misleading convergence
+# problem. Such values are almost always a units error (e.g. log-values exponentiated twice).
+MAGNITUDE_LIMIT = 1e60
+
+
+def _require_sane_magnitude(values: np.ndarray, what: str, labels: np.ndarray) -> None:
+    size = np.abs(values)
+    bad = (size > MAGNITUDE_LIMIT) | ((size > 0) & (size < 1.0 / MAGNITUDE_LIMIT))
+    if bad.any():
+        worst = float(size[bad][np.argmax(np.abs(np.log10(size[bad])))])
+        raise DataError(f"{what} has values of magnitude {worst:.3g} at rows {_rows(labels, bad)}: outside "
+                        f"1e-60..1e60, where powers of it overflow float64; check the units of the column")
 
 
 def _require_positive(values: np.ndarray, what: str, labels: np.ndarray) -> None:
@@ -108,6 +148,14 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 def _fold(name) -> str:
     return "".join("_" if ch in " -_" else ch for ch in str(name).strip().lower())
+
+
+def _derivable(available: Mapping[str, np.ndarray], needed: Sequence[str], derivations: Sequence[Derivation]) -> bool:
+    try:
+        resolve_inputs({k: v[:1] for k, v in available.items()}, needed, derivations)
+    except DataError:
+        return False
+    return True
 
 
 def _find_column(table: pd.DataFrame, name: str) -> str | None:
@@ -189,13 +237,20 @@ def runs_from_table(
         available[name] = _numeric_column(table, column, f"input {name}", labels)
         sources[name] = column
     wanted = dict.fromkeys([*law.inputs, *(s for rule in derivations for s in rule.sources)])
-    for name in wanted:
-        if name in available:
-            continue
-        column = _find_column(table, name)
-        if column is not None:
-            available[name] = _numeric_column(table, column, f"input {name}", labels)
-            sources[name] = column
+    for name in wanted:  # columns named exactly as an input are the user's own naming, not a guess
+        if name not in available and name in table.columns:
+            available[name] = _numeric_column(table, name, f"input {name}", labels)
+            sources[name] = name
+    if not _derivable(available, law.inputs, derivations):
+        # Only now guess columns by alias ("params", "flops", ...): an input that is mapped or derivable from
+        # what is mapped is never taken from a look-alike column the user did not name.
+        for name in wanted:
+            if name in available:
+                continue
+            column = _find_column(table, name)
+            if column is not None and column not in sources.values():
+                available[name] = _numeric_column(table, column, f"input {name}", labels)
+                sources[name] = column
     for name, values in available.items():
         if name in law.nonnegative_inputs:
             bad = values < 0
@@ -213,11 +268,15 @@ def runs_from_table(
             if bad.any():
                 raise DataError(f"derived input {name} ({how[name]}) is not positive and finite at rows {_rows(labels, bad)}")
 
+    for name in law.inputs:
+        _require_sane_magnitude(x[name], f"input {name} ({sources[name]})", labels)
+
     y_values = se_values = None
     if y is not None:
         y_values = _numeric_column(table, y, "output", labels)
         if positive_output:
             _require_positive(y_values, f"output column {y!r}", labels)
+        _require_sane_magnitude(y_values, f"output column {y!r}", labels)
     if se is not None:
         se_values = _numeric_column(table, se, "standard error", labels)
         _require_positive(se_values, f"standard-error column {se!r}", labels)
@@ -278,7 +337,22 @@ def _sequence_order(table: pd.DataFrame, run: str, step: str) -> tuple[pd.DataFr
     return ordered, prev
 
 
-def points_from_mapping(at: Mapping[str, float | Sequence[float]] | pd.DataFrame, law: Law) -> Runs:
-    """Inputs to predict at, given as {"N": 70e9, "D": 1.4e12} or a DataFrame; derived and validated."""
-    frame = at if isinstance(at, pd.DataFrame) else pd.DataFrame({k: np.atleast_1d(v) for k, v in at.items()})
-    return runs_from_table(frame, law, columns={str(c): c for c in frame.columns}, y=None, allow_repeats=True)
+def points_from_mapping(at: Mapping[str, float | Sequence[float]] | pd.DataFrame, law: Law,
+                        sources: Mapping[str, str] | None = None) -> Runs:
+    """Inputs to predict at, given as {"N": 70e9, "D": 1.4e12} or a DataFrame; derived and validated.
+
+    Every key of a mapping must be an input (or one the law's inputs derive from). A DataFrame may carry
+    other columns (names, outputs, notes): its inputs are found by name, as in `runs_from_table`, or by
+    `sources`, the input -> column mapping of the fitted table (`Runs.sources`), so the table a law was
+    fitted to (or one like it) can be passed back as is."""
+    wanted = {*law.inputs, *(s for rule in law.all_derivations() for s in rule.sources)}
+    if not isinstance(at, pd.DataFrame):
+        unknown = sorted(str(k) for k in at if k not in wanted)
+        if unknown:
+            raise DataError(f"unknown inputs {unknown} for law {law.name!r}: its inputs are {list(law.inputs)}"
+                            f" (or inputs they derive from: {sorted(wanted - set(law.inputs))})")
+        frame = pd.DataFrame({k: np.atleast_1d(v) for k, v in at.items()})
+        return runs_from_table(frame, law, columns={str(c): c for c in frame.columns}, y=None, allow_repeats=True)
+    columns = {name: column for name, column in (sources or {}).items()
+               if name in wanted and column in at.columns and name not in at.columns}
+    return runs_from_table(at, law, columns=columns, y=None, allow_repeats=True)

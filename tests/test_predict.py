@@ -43,6 +43,20 @@ def test_prediction_input_is_validated(fit):
         bs.predict(fit, {"N": 1e9})
 
 
+def test_a_table_like_the_fitted_one_is_predicted_at_as_is():
+    """Columns mapped at fit time (N -> "params") are found again; other columns (names, the output) are
+    left alone instead of being read as inputs."""
+    table = simulate_chinchilla(BESIROGLU, num_runs=20, sigma=0.01, seed=3).rename(columns={"N": "params", "D": "toks"})
+    table["name"] = [f"run-{i}" for i in range(len(table))]
+    fit = bs.fit(table, "chinchilla", columns={"N": "params", "D": "toks"}, num_warmup=200, num_samples=200,
+                 num_chains=2, seed=0, misfit_checks=False)
+    again = bs.predict(fit, table, seed=1)
+    direct = bs.predict(fit, {"N": table.params.values, "D": table.toks.values}, seed=1)
+    np.testing.assert_allclose(again.mean, direct.mean, rtol=1e-12)
+    with pytest.raises(bs.DataError, match=r"law inputs \['D'\] are neither columns nor derivable"):
+        bs.predict(fit, table.drop(columns=["toks"]))
+
+
 def test_new_run_intervals_cover_held_out_runs_at_their_nominal_rate():
     """Coverage given one training set varies with how well it pins sigma (0.82-0.96 seen for single sets of
     60 runs), so average over five training sets; the sd of that average is about 0.02."""

@@ -57,6 +57,17 @@ def test_non_positive_size_names_rows():
         runs_from_table(table(D=[0.0, 4e9, -1.0, 1.6e10, 3.2e10, 6.4e10, 1.28e11]), LAW)
 
 
+def test_extreme_magnitudes_are_a_units_error_before_sampling():
+    with pytest.raises(DataError, match=r"input N \(N\) has values of magnitude 1e\+290 at rows 2: .*check the units"):
+        runs_from_table(table(N=[1e8, 2e8, 1e290, 8e8, 1.6e9, 3.2e9, 6.4e9]), LAW)
+    with pytest.raises(DataError, match=r"output column 'loss' has values of magnitude 1e-300 at rows 0"):
+        runs_from_table(table(loss=[1e-300, 2.4, 2.3, 2.2, 2.1, 2.0, 1.9]), LAW)
+    t = table()
+    t["C"] = 6 * t.N * t.D * 1e50  # a derived input out of range is named with its derivation
+    with pytest.raises(DataError, match=r"input D \(derived: .*\) has values of magnitude"):
+        runs_from_table(t.drop(columns="D"), LAW)
+
+
 def test_non_positive_loss_names_rows():
     with pytest.raises(DataError, match=r"output column 'loss' must be positive.* rows 6"):
         runs_from_table(table(loss=[2.5, 2.4, 2.3, 2.2, 2.1, 2.0, 0.0]), LAW)
@@ -131,3 +142,48 @@ def test_unused_columns_with_nan_are_ignored():
     t = table()
     t["notes"] = [np.nan] * 7
     assert len(runs_from_table(t, LAW)) == 7
+
+
+def test_a_mapped_or_derivable_input_is_never_taken_from_a_look_alike_column():
+    overtrain = bs.get_law("overtrain")  # inputs C and M, derivable from N and D
+    t = table().rename(columns={"N": "params_m", "D": "toks"})
+    t["flops"] = 10 * 6 * t.params_m * t.toks  # an alias of C, 10x off: must not be used
+    t["data"] = "c4"                              # an alias of D holding corpus names
+    runs = runs_from_table(t, overtrain, columns={"N": "params_m", "D": "toks"})
+    np.testing.assert_allclose(runs.x["C"], 6 * table().N * table().D)
+    assert runs.sources["C"].startswith("derived") and "flops" not in runs.sources.values()
+    # Nothing mapped and nothing derivable: aliases are still found.
+    plain = runs_from_table(table().rename(columns={"N": "params", "D": "tokens"}), LAW)
+    assert plain.sources == {"N": "params", "D": "tokens"}
+
+
+@pytest.mark.parametrize("values, kind", [
+    (pd.to_datetime(["2024-01-0%d" % i for i in range(1, 8)]), "dates or times"),
+    (np.array([1e8 + 0j] * 7) * np.arange(1, 8), "complex numbers"),
+    ([True, False, True, True, False, True, True], "booleans"),
+])
+def test_columns_that_are_not_quantities_are_refused_by_name(values, kind):
+    with pytest.raises(DataError, match=rf"column 'N' \(input N\) holds {kind}"):
+        runs_from_table(table(N=values), LAW)
+
+
+def test_repeated_column_names_are_refused(tmp_path):
+    frame = table()
+    doubled = pd.concat([frame, frame[["loss"]]], axis=1)
+    with pytest.raises(DataError, match=r"column name 'loss' \(output\) appears 2 times"):
+        runs_from_table(doubled, LAW)
+    path = tmp_path / "runs.csv"
+    path.write_text("N,D,loss,loss\n1e8,2e9,3.0,3.1\n")
+    with pytest.raises(DataError, match=r"column names \['loss'\] appear more than once"):
+        runs_from_table(path, LAW)
+
+
+def test_unreadable_files_are_named(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match=r"empty.csv is empty"):
+        runs_from_table(tmp_path / "empty.csv", LAW)
+    with pytest.raises(DataError, match=r"is a folder, not a table"):
+        runs_from_table(tmp_path, LAW)
+    (tmp_path / "latin.csv").write_bytes(b"N,D,loss\n1e8,2e9,3.0\n\xff\xfe,1,1\n")
+    with pytest.raises(DataError, match=r"latin.csv is not UTF-8"):
+        runs_from_table(tmp_path / "latin.csv", LAW)
