@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -46,6 +47,13 @@ def parse_point(text: str, labels: tuple[str, ...] = ()) -> dict[str, float | st
         return {k: (v if k in labels else float(v)) for k, v in _key_values(text, "--at").items()}
     except ValueError as err:
         raise ValueError(f"--at {text!r}: {err}") from None
+
+
+def _levels(low: float) -> tuple[float, float, float]:
+    """--level-low as the quantiles of a central interval and its median."""
+    if not 0.0 < low < 0.5:
+        raise ValueError(f"--level-low must lie strictly between 0 and 0.5 (0.05: a 90% interval), got {low}")
+    return low, 0.5, 1.0 - low
 
 
 def _sequence(text: str | None) -> tuple[str, str] | None:
@@ -113,7 +121,7 @@ def cmd_fit(args) -> int:
             table, law, columns=columns, y=y, se=args.se, likelihood=likelihood, priors=priors,
             num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed,
             allow_repeats=args.allow_repeats, group=args.group, shared=_names(args.shared),
-            pooling=args.pooling, sequence=_sequence(args.sequence),
+            pooling=args.pooling, sequence=_sequence(args.sequence), settings=_settings(args), retries=args.retries,
         )
     for w in caught:
         if issubclass(w.category, (bs.ConvergenceWarning, bs.MisfitWarning)):
@@ -123,11 +131,43 @@ def cmd_fit(args) -> int:
     if args.json:
         _json({"file": str(out), "law": result.law.name, "converged": result.converged,
                "summary": result.summary().to_dict(orient="index"), "diagnostics": result.diagnostics.to_dict(),
-               "misfit": None if result.misfit is None else result.misfit.to_dict()})
+               "misfit": None if result.misfit is None else result.misfit.to_dict(), "attempts": result.attempts})
     else:
         print(f"{result!r} -> {out}")
         _print_table(result.summary())
     return EXIT_NOT_CONVERGED if args.strict and not result.converged else 0
+
+
+def _settings(args):
+    """A `SamplerSettings` when a sampler knob beyond chains/warm-up/draws was given (else None: the fit's own
+    defaults, e.g. a grouped fit's higher target acceptance)."""
+    if args.target_accept is None and args.max_tree_depth is None:
+        return None
+    import bayescale as bs
+
+    if args.target_accept is not None and not 0.0 < args.target_accept < 1.0:
+        raise ValueError(f"--target-accept must lie in (0, 1), got {args.target_accept}")
+    if args.max_tree_depth is not None and args.max_tree_depth < 1:
+        raise ValueError(f"--max-tree-depth must be >= 1, got {args.max_tree_depth}")
+    defaults = bs.SamplerSettings()
+    return bs.SamplerSettings(
+        num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains,
+        target_accept_prob=args.target_accept if args.target_accept is not None else
+        (0.99 if getattr(args, "group", None) else defaults.target_accept_prob),
+        max_tree_depth=args.max_tree_depth if args.max_tree_depth is not None else defaults.max_tree_depth,
+    )
+
+
+def _add_sampler_arguments(p) -> None:
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-accept", type=float, help="NUTS target acceptance (default 0.95; 0.99 for grouped fits): "
+                   "raise it when a fit reports divergent transitions")
+    p.add_argument("--max-tree-depth", type=int, help="NUTS maximum tree depth (default 10)")
+    p.add_argument("--retries", type=int, default=1, help="refits with escalated settings when a fit fails its "
+                   "convergence checks (bayescale.retries; 0: none)")
 
 
 def _discrepancy(name: str):
@@ -157,7 +197,8 @@ def cmd_backtest(args) -> int:
         args.data, laws, columns=parse_columns(args.column), y=args.y, likelihood=likelihood, priors=priors,
         by=args.by, holdout=args.holdout, cuts=_shares(args.cuts) if args.cuts else None,
         holdout_column=args.holdout_column, datasets=args.datasets, num_warmup=args.warmup,
-        num_samples=args.draws, num_chains=args.chains, seed=args.seed,
+        num_samples=args.draws, num_chains=args.chains, seed=args.seed, settings=_settings(args),
+        retries=args.retries,
     )
     scores = result.scores()
     weights = result.weights() if len(laws) > 1 else None
@@ -203,7 +244,7 @@ def cmd_predict(args) -> int:
     import bayescale as bs
 
     result = bs.load(args.fit)
-    levels = (args.level_low, 0.5, 1 - args.level_low)
+    levels = _levels(args.level_low)
     labels = (result.grouping.column,) if result.grouping is not None else ()
     # Each --at stands alone: one point may give D and another C.
     table = pd.concat(
@@ -222,7 +263,7 @@ def cmd_optimal(args) -> int:
 
     result = bs.load(args.fit)
     allocation = bs.optimal_allocation(result, [float(c) for c in args.compute])
-    levels = (args.level_low, 0.5, 1 - args.level_low)
+    levels = _levels(args.level_low)
     if args.json:
         _json({"converged": result.converged, **allocation.to_dict(levels)})
     else:
@@ -333,7 +374,7 @@ def _load_downstream_fits(paths: list[str], naming: str) -> dict:
 
 
 def cmd_predict_downstream(args) -> int:
-    levels = (args.level_low, 0.5, 1 - args.level_low)
+    levels = _levels(args.level_low)
     fits = _load_downstream_fits(args.fits, "the weights")
     if len(fits) == 1:
         predict = next(iter(fits.values())).predict
@@ -390,7 +431,14 @@ def cmd_prior_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib import metadata
+
     parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian scaling-law inference.")
+    try:
+        version = metadata.version("bayescale")
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"bayescale {version}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="fit a law to a table of runs and save the posterior")
@@ -407,15 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the package default")
     p.add_argument("--sequence", metavar="RUN,STEP", help="training curves: run and step columns (needed by --likelihood ar1)")
     p.add_argument("--prior", action="append", metavar="NAME=DIST(ARGS)", help="override a prior, e.g. alpha='LogNormal(-1.2, 0.5)'")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    _add_sampler_arguments(p)
     p.add_argument("--allow-repeats", action="store_true", help="accept several runs at the same inputs")
     p.add_argument("--group", help="column naming each run's group: a grouped fit (see bayescale.grouping)")
     p.add_argument("--shared", help="grouped fit: parameters shared by all groups, comma-separated (e.g. alpha,beta)")
     p.add_argument("--pooling", default="partial", choices=["partial", "independent", "shared"],
-                   help="grouped fit: how the other parameters vary by group (default: partial pooling)")
+                   help="grouped fit: how the other parameters vary by group")
     p.add_argument("--out", required=True, help="file to save the fit to (NetCDF)")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_NOT_CONVERGED} if the fit did not converge")
     p.add_argument("--json", action="store_true")
@@ -429,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="posterior predictive at new inputs")
     p.add_argument("fit")
     p.add_argument("--at", action="append", required=True, metavar="N=...,D=...", help="a point (repeatable)")
-    p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (default 0.05: 90%%)")
+    p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (0.05: a 90%% interval)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -455,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="CSV, TSV or Parquet table of runs")
     p.add_argument("--law", action="append", required=True, metavar="LAW[,LAW...]", help="law(s) to backtest")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
-    p.add_argument("--y", default="loss", help="output column (default: loss)")
+    p.add_argument("--y", default="loss", help="output column")
     p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
     p.add_argument("--discrepancy", default="default", choices=["default", "none", "random_walk"],
                    help="model discrepancy (bayescale.discrepancy); default: the package default")
@@ -465,10 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuts", metavar="S1,S2,...", help="rolling origins: several shares or counts held out in turn")
     p.add_argument("--holdout-column", help="boolean column: True marks a held-out run")
     p.add_argument("--datasets", help="column naming independent data sets (each backtested on its own)")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    _add_sampler_arguments(p)
     p.add_argument("--out", help="write the per-run scores to this CSV")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backtest)
@@ -476,8 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit-downstream", help="fit loss law and link to loss and task accuracies as one posterior")
     p.add_argument("data", help="CSV, TSV or Parquet table: loss-law inputs, a loss column, accuracy columns")
     p.add_argument("--task", action="append", required=True, metavar="COLUMN[,COLUMN...]", help="accuracy column(s) (repeatable)")
-    p.add_argument("--law", default="chinchilla", help="loss law (default chinchilla)")
-    p.add_argument("--link", default="link_exponential", help="link law from loss to metric (default link_exponential)")
+    p.add_argument("--law", default="chinchilla", help="loss law")
+    p.add_argument("--link", default="link_exponential", help="link law from loss to metric")
     p.add_argument("--loss", default="loss", help="loss column (empty cells: missing)")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a loss-law input to a column")
     p.add_argument("--metadata", help="table of task sizes and chance levels (eval_metadata.csv layout)")
@@ -503,16 +545,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fits", nargs="+", metavar="fit", help="a downstream fit file; several (same runs, different "
                    "links) are averaged, by stacking weights unless --weights is given")
     p.add_argument("--weights", metavar="NAME=W,...", help="weights of several fits by file stem (default: stacking)")
-    p.add_argument("--held-out", type=int, default=1, help="runs held out for the stacking weights (default 1)")
+    p.add_argument("--held-out", type=int, default=1, help="runs held out for the stacking weights")
     p.add_argument("--at", action="append", required=True, metavar="N=...,D=...", help="a point (repeatable)")
-    p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (default 0.05: 90%%)")
+    p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (0.05: a 90%% interval)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict_downstream)
 
     p = sub.add_parser("compare-links", help="compare downstream fits' links: PSIS-LOO and leave-future-out score")
     p.add_argument("fits", nargs="+", help="downstream fit files (from `bayescale fit-downstream --out`) of the same runs")
-    p.add_argument("--held-out", type=int, default=1, help="runs with the lowest loss whose accuracies are held out (default 1)")
+    p.add_argument("--held-out", type=int, default=1, help="runs with the lowest loss whose accuracies are held out")
     p.add_argument("--no-future", action="store_true", help="LOO only: skip the leave-future-out refits")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare_links)
@@ -521,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="CSV, TSV or Parquet table of runs")
     p.add_argument("--law", required=True, help="law name (see `bayescale laws`)")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
-    p.add_argument("--y", default="loss", help="output column (default: loss)")
+    p.add_argument("--y", default="loss", help="output column")
     p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
     p.add_argument("--prior", action="append", metavar="NAME=DIST(ARGS)", help="override a prior")
     p.add_argument("--draws", type=int, default=1000)
@@ -544,11 +586,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    for command in parser._subparsers._group_actions[0].choices.values():
+        command.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # defaults shown in every --help
+    args = parser.parse_args(argv)
     from bayescale.runs import DataError
 
     try:
         return args.func(args)
+    except BrokenPipeError:  # `bayescale laws --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (DataError, ValueError, KeyError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)

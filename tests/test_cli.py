@@ -78,6 +78,31 @@ def test_bad_point_and_unknown_law(fitted, capsys):
     assert "unknown law 'chinchila'" in capsys.readouterr().err
 
 
+def test_sampler_knobs_are_validated_and_reach_the_fit(fitted, capsys):
+    directory, _ = fitted
+    data = str(directory / "runs.csv")
+    base = ["fit", data, "--law", "chinchilla", "--column", "N=params", "--column", "D=tokens", "--out", str(directory / "k.fit")]
+    assert main(base + ["--target-accept", "1.5"]) == EXIT_BAD_INPUT
+    assert "--target-accept must lie in (0, 1)" in capsys.readouterr().err
+    # Too short to converge, no retries: the saved fit ran with the knobs given and reports no attempts.
+    code, payload = run_json(capsys, base + ["--warmup", "30", "--draws", "40", "--chains", "2", "--target-accept", "0.9",
+                                             "--max-tree-depth", "6", "--retries", "0"])
+    assert code == 0 and payload["attempts"] == [] and not payload["converged"]
+    assert payload["diagnostics"]["verdict"] != "converged"
+    import bayescale as bs
+
+    saved = bs.load(directory / "k.fit")
+    assert (saved.settings.target_accept_prob, saved.settings.max_tree_depth, saved.settings.num_warmup) == (0.9, 6, 30)
+
+
+def test_inverted_levels_and_unknown_point_keys_are_user_errors(fitted, capsys):
+    _, out = fitted
+    assert main(["predict", str(out), "--at", "N=1e9,D=2e10", "--level-low", "0.7"]) == EXIT_BAD_INPUT
+    assert "--level-low must lie strictly between 0 and 0.5" in capsys.readouterr().err
+    assert main(["predict", str(out), "--at", "N=1e9,D=2e10,Q=3"]) == EXIT_BAD_INPUT
+    assert "unknown inputs ['Q']" in capsys.readouterr().err
+
+
 def test_prior_parsing():
     name, prior = parse_prior("alpha=LogNormal(-1.2, 0.5)")
     assert name == "alpha" and float(prior.loc) == -1.2 and float(prior.scale) == 0.5
