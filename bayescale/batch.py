@@ -153,7 +153,7 @@ def _fit_one(program: _Program, settings: SamplerSettings, map_starts: int, map_
     key_run, key_init = jax.random.split(key_nuts)
     inits = chain_starts(key_init, mode, settings.num_chains, settings.init_jitter)
     init_kernel, sample_kernel = hmc(potential_fn_gen=program.potential_fn_gen, algo="NUTS")
-    options = nuts_options(settings)
+    options = nuts_options(settings, list(program.latent))
 
     def chain(chain_key, z0):
         state = init_kernel(
@@ -392,7 +392,7 @@ def fit_batch(
     from bayescale.fit import _check_prior_names
 
     law = get_law(law)
-    likelihood = as_likelihood(likelihood, discrepancy)
+    likelihood = as_likelihood(likelihood, discrepancy, law=law)
     priors = dict(priors or {})
     _check_prior_names(priors, law, likelihood)
     law, likelihood = law.with_priors(priors), likelihood.with_priors(priors)

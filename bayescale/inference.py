@@ -37,12 +37,25 @@ class SamplerSettings:
         return asdict(self)
 
 
-def nuts_options(settings: SamplerSettings) -> dict[str, Any]:
+def mass_structure(settings: SamplerSettings, latent_sites=None):
+    """`dense_mass` for NUTS: True (one dense block) unless the model has per-run latent sites (Student-t
+    noise with the discrepancy walk: one precision weight per run). Those get a diagonal mass, and the few
+    global parameters keep their dense block: a dense matrix over hundreds of weights cannot be estimated
+    from a warm-up of hundreds of draws, and NUTS then needs its longest trees."""
+    from bayescale.discrepancy import PER_RUN_SITES
+
+    if not settings.dense_mass or latent_sites is None or not set(latent_sites) & set(PER_RUN_SITES):
+        return settings.dense_mass
+    return [tuple(sorted(s for s in latent_sites if s not in PER_RUN_SITES))]
+
+
+def nuts_options(settings: SamplerSettings, latent_sites=None) -> dict[str, Any]:
     """The NUTS kernel options of `settings`, shared by `run_nuts` (numpyro's NUTS class) and the batched
     program of `bayescale.batch` (numpyro's functional `hmc(..., algo="NUTS")` init kernel), so the two run
-    the same sampler with the same adaptation."""
+    the same sampler with the same adaptation. `latent_sites`: the model's sampled sites (see
+    `mass_structure`)."""
     return {
-        "dense_mass": settings.dense_mass,
+        "dense_mass": mass_structure(settings, latent_sites),
         "target_accept_prob": settings.target_accept_prob,
         "max_tree_depth": settings.max_tree_depth,
     }
@@ -73,7 +86,8 @@ def run_nuts(
     settings: SamplerSettings,
     init_unconstrained: Mapping[str, Any] | None = None,
 ) -> MCMC:
-    kernel = NUTS(model, **nuts_options(settings))
+    latent = None if init_unconstrained is None else list(init_unconstrained)
+    kernel = NUTS(model, **nuts_options(settings, latent))
     mcmc = MCMC(
         kernel,
         num_warmup=settings.num_warmup,
