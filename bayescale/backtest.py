@@ -383,9 +383,9 @@ def backtest(
                 raise DataError(f"the hold-out mask must have one entry per row of the table ({len(table)}), got shape {mask.shape}")
             positions = pd.Series(np.arange(len(table)), index=table.index)
             mask = {name: mask[positions.loc[part.index].to_numpy()] for name, part in parts.items()}
-        base = as_likelihood(likelihood, discrepancy)
         plans, runs_by_law = [], {}
         for law in _as_laws(laws):
+            base = as_likelihood(likelihood, discrepancy, law=law)
             given = dict(priors or {})
             own = {k: v for k, v in given.items() if k in law.params or k in ("sigma", "nu", "rho", "drift")}
             _check_prior_names(own, law, base)

@@ -112,7 +112,8 @@ def cmd_fit(args) -> int:
         if not law:
             raise ValueError("--law is required (see `bayescale laws`)")
     likelihood = bs.Likelihood(family=args.likelihood, nu=None if args.nu == "fit" else float(args.nu),
-                               discrepancy=_discrepancy(args.discrepancy))
+                               discrepancy=_discrepancy(args.discrepancy, args.likelihood, bool(args.group),
+                                                        bs.get_law(law)))
     priors = dict(parse_prior(p) for p in args.prior or [])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bs.ConvergenceWarning)
@@ -166,16 +167,17 @@ def _add_sampler_arguments(p) -> None:
     p.add_argument("--target-accept", type=float, help="NUTS target acceptance (default 0.95; 0.99 for grouped fits): "
                    "raise it when a fit reports divergent transitions")
     p.add_argument("--max-tree-depth", type=int, help="NUTS maximum tree depth (default 10)")
-    p.add_argument("--retries", type=int, default=1, help="refits with escalated settings when a fit fails its "
-                   "convergence checks (bayescale.retries; 0: none)")
+    p.add_argument("--retries", type=int, help="refits with escalated settings when a fit fails its "
+                   "convergence checks (bayescale.retries; default: one; 0: none)")
 
 
-def _discrepancy(name: str):
-    """The --discrepancy choice as `Likelihood(discrepancy=...)` takes it."""
+def _discrepancy(name: str, family: str = "normal", grouped: bool = False, law=None):
+    """The --discrepancy choice as `Likelihood(discrepancy=...)` takes it ("default": the package default for
+    this likelihood and law, `bayescale.discrepancy.default_discrepancy`)."""
     if name == "default":
-        from bayescale.discrepancy import DEFAULT_DISCREPANCY
+        from bayescale.discrepancy import default_discrepancy
 
-        return DEFAULT_DISCREPANCY
+        return default_discrepancy(family, grouped, law)
     return None if name == "none" else name
 
 
@@ -190,11 +192,13 @@ def cmd_backtest(args) -> int:
     import bayescale as bs
     from bayescale.backtest import backtest
 
-    likelihood = bs.Likelihood(family=args.likelihood, discrepancy=_discrepancy(args.discrepancy))
+    # By family name, so that backtest() gives each law its own default discrepancy.
+    discrepancy = "default" if args.discrepancy == "default" else _discrepancy(args.discrepancy)
     priors = dict(parse_prior(p) for p in args.prior or [])
     laws = [name for item in args.law for name in _names(item)]
     result = backtest(
-        args.data, laws, columns=parse_columns(args.column), y=args.y, likelihood=likelihood, priors=priors,
+        args.data, laws, columns=parse_columns(args.column), y=args.y, likelihood=args.likelihood,
+        discrepancy=discrepancy, priors=priors,
         by=args.by, holdout=args.holdout, cuts=_shares(args.cuts) if args.cuts else None,
         holdout_column=args.holdout_column, datasets=args.datasets, num_warmup=args.warmup,
         num_samples=args.draws, num_chains=args.chains, seed=args.seed, settings=_settings(args),

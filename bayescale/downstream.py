@@ -537,7 +537,8 @@ def fit_downstream(
         raise KeyError(f"priors given for unknown parameters {unknown}; the chain has {sorted(known)}")
     loss_law = loss_law.with_priors({k: v for k, v in priors.items() if k in loss_law.params})
     link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
-    loss_likelihood = as_likelihood(likelihood).with_priors(priors)
+    # The chained model has no discrepancy term (not measured there): independent noise on the loss.
+    loss_likelihood = as_likelihood(likelihood, None).with_priors(priors)
     runs = data if isinstance(data, DownstreamRuns) else downstream_runs(
         data, loss_law, tasks=tasks, loss_column=loss_column, columns=columns, items=items, chance=chance,
         allow_repeats=allow_repeats,

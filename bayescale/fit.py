@@ -236,7 +236,8 @@ def fit(
     whose points are not exchangeable) and emit a `MisfitWarning` naming the runs the model does not describe.
     """
     law = get_law(law)
-    likelihood = as_likelihood(likelihood, discrepancy)
+    grouped = group is not None or (isinstance(data, Runs) and data.groups is not None)
+    likelihood = as_likelihood(likelihood, discrepancy, grouped=grouped, law=law)
     priors = dict(priors or {})
     _check_prior_names(priors, law, likelihood)
     law, likelihood = law.with_priors(priors), likelihood.with_priors(priors)

@@ -66,7 +66,7 @@ class Job:
     evidence: bool = False
     allow_repeats: bool = False
     pad_runs: int | None = None  # pad every data set to this many runs (default: the job's largest)
-    retries: int = 1  # second vmapped passes for the data sets that fail their checks (bayescale.retries)
+    retries: int | None = None  # second vmapped passes for failed data sets (bayescale.retries; None: default, one)
     thresholds: Thresholds = Thresholds()
     fail_after: int | None = None  # testing hook: raise after this many fits are recorded (simulated kill)
 
@@ -146,8 +146,8 @@ def job_from_mapping(spec: Mapping[str, Any], base: Path = Path("."), **override
     valid = set(Thresholds.__dataclass_fields__)
     if set(limits) - valid:
         raise JobError(f"unknown thresholds {sorted(set(limits) - valid)}; known: {sorted(valid)}")
-    retries = spec.get("retries", 1)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+    retries = spec.get("retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
         raise JobError(f"'retries' must be a whole number >= 0, got {retries!r}")
     predict_at = spec.get("predict_at", [])
     if isinstance(predict_at, Mapping):

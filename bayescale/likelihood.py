@@ -199,18 +199,21 @@ def _log_mean(mean):
     return jnp.log(jnp.maximum(mean, 1e-300))
 
 
-def as_likelihood(spec: str | Likelihood | None, discrepancy: Any = "default") -> Likelihood:
+def as_likelihood(spec: str | Likelihood | None, discrepancy: Any = "default", grouped: bool = False,
+                  law=None) -> Likelihood:
     """A `Likelihood` from a family name (None: "normal"), or as given. `discrepancy`: "default" keeps a given
-    Likelihood's own and gives a family name the package default (`bayescale.discrepancy.DEFAULT_DISCREPANCY`);
-    anything else ("random_walk", None, a `Discrepancy`) replaces it."""
+    Likelihood's own and gives a family name the package default (`bayescale.discrepancy.default_discrepancy`:
+    the random walk for the normal likelihood unless `grouped` or `law` cannot take it); anything else ("random_walk", None, a
+    `Discrepancy`) replaces it."""
     from dataclasses import replace
 
-    from bayescale.discrepancy import DEFAULT_DISCREPANCY
+    from bayescale.discrepancy import default_discrepancy
 
     if isinstance(spec, Likelihood):
         out = spec
     else:
-        out = Likelihood(family=spec or "normal", discrepancy=DEFAULT_DISCREPANCY)
+        family = spec or "normal"
+        out = Likelihood(family=family, discrepancy=default_discrepancy(family, grouped, law))
     if isinstance(discrepancy, str) and discrepancy == "default":
         return out
     return replace(out, discrepancy=as_discrepancy(discrepancy))

@@ -100,7 +100,7 @@ def prior_predictive(
     the runs in `data`. The observed outputs are read for the data-dependent priors (E below the smallest loss)
     and for the verdict, never conditioned on."""
     law = get_law(law)
-    likelihood = as_likelihood(likelihood)
+    likelihood = as_likelihood(likelihood, law=law)
     priors = dict(priors or {})
     _check_prior_names(priors, law, likelihood)
     law, likelihood = law.with_priors(priors), likelihood.with_priors(priors)

@@ -45,13 +45,19 @@ class RetryPolicy:
 
 
 NO_RETRIES = RetryPolicy(max_retries=0)
+# What `retries=None` means everywhere (fit, fit_batch, backtest, jobs): one retry. A session that fits many
+# small throwaway posteriors (a test suite, a tutorial at tiny settings) may set it to NO_RETRIES.
+DEFAULT_POLICY = RetryPolicy()
 
 
 def as_retry_policy(spec: RetryPolicy | int | bool | None) -> RetryPolicy:
-    """A policy from a policy, a number of retries, or True/None (the default) / False (none)."""
+    """A policy from a policy, a number of retries, True (one retry), None (`DEFAULT_POLICY`, read at call
+    time) or False (none)."""
     if isinstance(spec, RetryPolicy):
         return spec
-    if spec is None or spec is True:
+    if spec is None:
+        return DEFAULT_POLICY
+    if spec is True:
         return RetryPolicy()
     if spec is False:
         return NO_RETRIES

@@ -5,6 +5,17 @@ import os
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import bayescale  # noqa: E402,F401  (before any other JAX use: float64, host devices, compile cache)
+import bayescale.discrepancy  # noqa: E402
+import bayescale.retries  # noqa: E402
+
+# Two package defaults are switched off for the suite, to keep the default run under 10 minutes on 2 cores:
+# - automatic retries: the tests fit many small posteriors at deliberately small settings, where a retry would
+#   only double their time (the retries are tested in test_retries.py with explicit `retries=`);
+# - the default discrepancy walk: most tests are about something else (intake, batching, evidence, laws) and
+#   the walk costs 2-4x per fit. Tests of the walk ask for it (`discrepancy="random_walk"`), and tests of the
+#   defaults as users get them use the `package_defaults` fixture below.
+bayescale.retries.DEFAULT_POLICY = bayescale.retries.NO_RETRIES
+bayescale.discrepancy.DEFAULT_DISCREPANCY = None
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -50,3 +61,11 @@ def chinchilla_table() -> pd.DataFrame:
 def besiroglu_table(chinchilla_table) -> pd.DataFrame:
     """Besiroglu et al.'s 240 points: the 245 runs less the five with the highest loss."""
     return chinchilla_table.sort_values("loss").iloc[:-5]
+
+
+@pytest.fixture
+def package_defaults(monkeypatch):
+    """The package's own defaults (one automatic retry, the discrepancy walk with the normal likelihood), which
+    conftest switches off for the rest of the suite."""
+    monkeypatch.setattr(bayescale.retries, "DEFAULT_POLICY", bayescale.retries.RetryPolicy())
+    monkeypatch.setattr(bayescale.discrepancy, "DEFAULT_DISCREPANCY", "random_walk")

@@ -93,6 +93,7 @@ def test_likelihood_carries_the_discrepancy_through_priors_and_its_saved_form():
     assert bs.Likelihood("student_t", discrepancy="random_walk").param_names == ("sigma", "drift")
 
 
+@pytest.mark.slow  # Student-t with the walk samples a weight per run: ~35 s here
 def test_student_t_noise_with_the_walk_gives_an_outlier_a_small_weight_instead_of_a_large_sigma():
     """Student-t noise as a scale mixture keeps the walk integrated out: one run 15% off the law gets the
     smallest precision weight, and sigma stays near the 1% of the other runs (the normal likelihood's sigma
@@ -168,3 +169,31 @@ def test_walk_posterior_draws_match_the_conditional_gaussian():
     np.testing.assert_allclose(w.mean(axis=0), mean, atol=4 * np.sqrt(np.diag(cov).max() / count))
     scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)) / count)    # Monte Carlo sd of each covariance
     np.testing.assert_allclose(np.cov(w.T), cov, rtol=0, atol=5 * scale.max())
+
+
+def test_the_default_is_the_walk_for_ungrouped_normal_fits_of_declared_laws(package_defaults):
+    from bayescale.cli import _discrepancy
+    from bayescale.discrepancy import Discrepancy
+    from bayescale.likelihood import as_likelihood
+
+    chinchilla = bs.get_law("chinchilla")
+    assert isinstance(as_likelihood("normal", law=chinchilla).discrepancy, Discrepancy)
+    assert isinstance(as_likelihood(None).discrepancy, Discrepancy)
+    assert as_likelihood("student_t", law=chinchilla).discrepancy is None
+    assert as_likelihood("ar1", law=chinchilla).discrepancy is None
+    assert as_likelihood("normal", grouped=True, law=chinchilla).discrepancy is None
+    assert as_likelihood("normal", law=bs.get_law("lr_annealing")).discrepancy is not None  # axis S1 > 0
+    assert as_likelihood("normal", "default", law=chinchilla).param_names == ("sigma", "drift")
+    assert as_likelihood("normal", None, law=chinchilla).discrepancy is None
+    assert as_likelihood(bs.Likelihood(), law=chinchilla).discrepancy is None  # an object keeps its own
+    assert _discrepancy("default", "normal", False, chinchilla) == "random_walk"
+    assert _discrepancy("default", "normal", True, chinchilla) is None
+
+
+def test_a_default_fit_carries_the_walk(package_defaults):
+    table = simulate_chinchilla(num_runs=24, sigma=0.01, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bs.fit(table, "chinchilla", num_warmup=150, num_samples=150, num_chains=2, seed=0, retries=0,
+                     misfit_checks=False)
+    assert fit.likelihood.discrepancy is not None and "drift" in fit.data.posterior

@@ -106,6 +106,7 @@ def simulate_run_effects(seed=0, num_runs=16, scale=0.3):
     return table, [f"acc_r{i}" for i in range(6)], offset
 
 
+@pytest.mark.slow  # ~70 s: moved to the slow tier to keep the default run within 10 minutes
 def test_run_effect_recovers_shared_offsets_and_widens_the_task_average(tmp_path):
     from bayescale.cli import main
 

@@ -126,7 +126,7 @@ def test_ar1_posterior_predictive_replicates_curves(annealing_fit):
 def test_iid_likelihood_is_overconfident_on_correlated_curves():
     # The point of ar1: with correlated residuals, an iid Normal fit's intervals are too narrow.
     table = schedule_areas(simulate_curves(rho=0.9, seed=3), schedule=schedules())
-    iid = bs.fit(table, "lr_annealing", sequence=("run", "step"), seed=0)  # sequence: runs share early points
+    iid = bs.fit(table, "lr_annealing", sequence=("run", "step"), discrepancy=None, seed=0)  # sequence: runs share early points
     ar1 = bs.fit(table, "lr_annealing", likelihood="ar1", sequence=("run", "step"), seed=0)
     width = lambda f: np.diff(np.quantile(bs.draws(f)["alpha"], [0.05, 0.95]))[0]  # noqa: E731
     assert ar1.converged
