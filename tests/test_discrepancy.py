@@ -190,6 +190,7 @@ def test_the_default_is_the_walk_for_ungrouped_normal_fits_of_declared_laws(pack
     assert _discrepancy("default", "normal", True, chinchilla) is None
 
 
+@pytest.mark.slow  # ~15 s; the default's resolution is checked without fitting above
 def test_a_default_fit_carries_the_walk(package_defaults):
     table = simulate_chinchilla(num_runs=24, sigma=0.01, seed=4)
     with warnings.catch_warnings():

@@ -84,6 +84,7 @@ def test_map_is_near_the_posterior_median(simulated):
         assert abs(fit.map[name] - summary.loc[name, "q50"]) < 3 * summary.loc[name, "sd"], name
 
 
+@pytest.mark.slow  # ~17 s; the Student-t fits of test_misfit.py run in the default suite
 def test_student_t_resists_outliers():
     truth = dict(BESIROGLU)
     table = simulate_chinchilla(truth, num_runs=60, sigma=0.005, seed=5)
@@ -125,6 +126,7 @@ def test_unknown_law_lists_the_catalogue():
         bs.fit(simulate_chinchilla(num_runs=20), "chinchila")
 
 
+@pytest.mark.slow  # ~15 s; non-convergence reports are also checked in test_retries.py and test_cli.py
 def test_a_fit_that_did_not_converge_says_so_loudly():
     table = simulate_chinchilla(num_runs=30, seed=0)
     with warnings.catch_warnings(record=True) as caught:

@@ -58,6 +58,7 @@ def test_a_table_like_the_fitted_one_is_predicted_at_as_is():
         bs.predict(fit, table.drop(columns=["toks"]))
 
 
+@pytest.mark.slow  # five fits (~30 s); the default suite checks calibration by SBC and by a backtest
 def test_new_run_intervals_cover_held_out_runs_at_their_nominal_rate():
     """Coverage given one training set varies with how well it pins sigma (0.82-0.96 seen for single sets of
     60 runs), so average over five training sets; the sd of that average is about 0.02."""
@@ -87,6 +88,7 @@ def test_optimal_allocation_matches_chinchillas_closed_form(fit):
     assert (table.N_q5 < table.N_q50).all() and (table.N_q50 < table.N_q95).all()
 
 
+@pytest.mark.slow  # a whole fit (~13 s) for one error message
 def test_optimal_allocation_needs_a_law_of_parameters_and_tokens():
     table = pd.DataFrame({"x": np.geomspace(1e3, 1e6, 12)})
     table["loss"] = (2 + 30 * table.x**-0.3) * np.exp(0.01 * np.random.default_rng(0).standard_normal(12))
