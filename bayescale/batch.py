@@ -33,7 +33,6 @@ trajectory in the batch (../shared/STACK.md), so very heterogeneous batches pay 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -423,8 +422,8 @@ def fit_batch(
         failed = np.flatnonzero([not d.converged for d in diagnostics])
         if failed.size == 0:
             break
-        union = dataclasses.replace(diagnostics[failed[0]], failed=frozenset().union(*(diagnostics[i].failed for i in failed)))
-        step = escalate(current, starts, union, policy, fixed_draws=True)
+        kinds = frozenset().union(*(diagnostics[i].failed for i in failed))
+        step = escalate(current, starts, kinds, policy, fixed_draws=True)
         for i in failed:
             attempts[i].append(attempt_record(current, starts, diagnostics[i], step.reason))
         current, starts = step.settings, step.map_starts

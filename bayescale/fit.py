@@ -278,7 +278,7 @@ def fit(
         diagnostics = dataclasses.replace(diagnostics, weakly_identified=weakly_identified(dt, names))
         if diagnostics.converged or attempt == policy.max_retries:
             break
-        step = escalate(settings, map_starts, diagnostics, policy)
+        step = escalate(settings, map_starts, diagnostics.failed, policy)
         attempts.append(attempt_record(settings, map_starts, diagnostics, step.reason))
         settings, map_starts = step.settings, step.map_starts
     warn_if_not_converged(diagnostics, what=f"fit of law {law.name!r}", settings=settings, attempts=attempts)

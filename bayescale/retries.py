@@ -75,11 +75,11 @@ class Escalation:
     reason: str
 
 
-def escalate(settings: SamplerSettings, map_starts: int, diagnostics: Diagnostics, policy: RetryPolicy = RetryPolicy(),
+def escalate(settings: SamplerSettings, map_starts: int, failed: frozenset[str], policy: RetryPolicy = RetryPolicy(),
              fixed_draws: bool = False) -> Escalation:
-    """The next attempt's settings given what failed. `fixed_draws`: keep num_samples (a batch's second
-    pass shares its arrays with the first)."""
-    failed = diagnostics.failed
+    """The next attempt's settings given the kinds of check that failed (`Diagnostics.failed`; a batch passes
+    the union over its failed members). `fixed_draws`: keep num_samples (a batch's second pass shares its
+    arrays with the first)."""
     changes: dict[str, Any] = {}
     why = []
     if failed & {"divergences", "bfmi"}:

@@ -9,29 +9,24 @@ import pytest
 
 import bayescale as bs
 from bayescale.batch import fit_batch
-from bayescale.diagnostics import Diagnostics, judge
+from bayescale.diagnostics import judge
 from bayescale.retries import RetryPolicy, as_retry_policy, escalate
 from conftest import BESIROGLU, simulate_chinchilla
 
 
-def _diagnostics(failed):
-    return Diagnostics(table=pd.DataFrame(), divergences=0, num_draws=0, bfmi=np.array([]), problems=["x"],
-                       failed=frozenset(failed))
-
-
 def test_each_failure_gets_its_remedy():
     base = bs.SamplerSettings(num_warmup=500, num_samples=500, target_accept_prob=0.95)
-    step = escalate(base, 32, _diagnostics({"divergences"}))
+    step = escalate(base, 32, frozenset({"divergences"}))
     assert (step.settings.target_accept_prob, step.settings.num_warmup, step.settings.num_samples, step.map_starts) == (0.99, 1000, 500, 32)
-    step = escalate(base, 32, _diagnostics({"rhat"}))
+    step = escalate(base, 32, frozenset({"rhat"}))
     assert (step.settings.target_accept_prob, step.settings.num_warmup, step.map_starts) == (0.95, 1000, 128)
-    step = escalate(base, 32, _diagnostics({"ess"}))
+    step = escalate(base, 32, frozenset({"ess"}))
     assert (step.settings.num_warmup, step.settings.num_samples) == (500, 1000)
     assert "low ESS" in step.reason
     # A batch's second pass keeps its draws: a low ESS gets a longer warm-up instead.
-    step = escalate(base, 32, _diagnostics({"ess"}), fixed_draws=True)
+    step = escalate(base, 32, frozenset({"ess"}), fixed_draws=True)
     assert (step.settings.num_warmup, step.settings.num_samples) == (1000, 500)
-    capped = escalate(bs.SamplerSettings(num_warmup=6000), 32, _diagnostics({"rhat"}), RetryPolicy(max_warmup=8000))
+    capped = escalate(bs.SamplerSettings(num_warmup=6000), 32, frozenset({"rhat"}), RetryPolicy(max_warmup=8000))
     assert capped.settings.num_warmup == 8000
 
 
