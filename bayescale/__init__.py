@@ -8,43 +8,75 @@
     bs.optimal_allocation(fit, compute=5.76e23).quantiles()
 """
 
+import sys as _sys
+import types as _types
+from importlib import import_module as _import_module
 from importlib import metadata as _metadata
 
 from bayescale.compilation import configure as _configure
 
 _configure()
 
-from bayescale.diagnostics import ConvergenceWarning, Diagnostics, Thresholds, check_convergence  # noqa: E402
-from bayescale.examples import EXAMPLES, load_example  # noqa: E402
-from bayescale.fit import Fit, fit  # noqa: E402
-from bayescale.misfit import Misfit, MisfitWarning, check_misfit  # noqa: E402
-from bayescale.inference import SamplerSettings  # noqa: E402
-from bayescale.retries import RetryPolicy  # noqa: E402
-from bayescale.law import Derivation, Law, Param, get_law, laws, register_law  # noqa: E402
-from bayescale.likelihood import Likelihood  # noqa: E402
-from bayescale.discrepancy import Discrepancy  # noqa: E402
-from bayescale.optimal import Allocation, optimal_allocation  # noqa: E402
-from bayescale.persistence import load, save  # noqa: E402
-from bayescale.posterior import draws, summary  # noqa: E402
-from bayescale.predictive import Prediction, predict  # noqa: E402
-from bayescale.prior_predictive import PriorPredictive, prior_predictive  # noqa: E402
-from bayescale.runs import DataError, Runs, read_table, runs_from_table  # noqa: E402
-from bayescale.evidence import Evidence, log_evidence  # noqa: E402
-from bayescale.compare import compare, format_notes  # noqa: E402
-from bayescale.averaging import average_downstream, average_predict  # noqa: E402
-from bayescale.backtest import Backtest, backtest  # noqa: E402
+# Names are loaded on first use (PEP 562), so `import bayescale` and the CLI's `--help` do not pay for JAX,
+# NumPyro and ArviZ until something needs them.
+_EXPORTS = {
+    "bayescale.diagnostics": ("ConvergenceWarning", "Diagnostics", "Thresholds", "check_convergence"),
+    "bayescale.examples": ("EXAMPLES", "load_example"),
+    "bayescale.fit": ("Fit", "fit"),
+    "bayescale.misfit": ("Misfit", "MisfitWarning", "check_misfit"),
+    "bayescale.inference": ("SamplerSettings",),
+    "bayescale.retries": ("RetryPolicy",),
+    "bayescale.law": ("Derivation", "Law", "Param", "get_law", "laws", "register_law"),
+    "bayescale.likelihood": ("Likelihood",),
+    "bayescale.discrepancy": ("Discrepancy",),
+    "bayescale.optimal": ("Allocation", "optimal_allocation"),
+    "bayescale.persistence": ("load", "save"),
+    "bayescale.posterior": ("draws", "summary"),
+    "bayescale.predictive": ("Prediction", "predict"),
+    "bayescale.prior_predictive": ("PriorPredictive", "prior_predictive"),
+    "bayescale.runs": ("DataError", "Runs", "read_table", "runs_from_table"),
+    "bayescale.evidence": ("Evidence", "log_evidence"),
+    "bayescale.compare": ("compare", "format_notes"),
+    "bayescale.averaging": ("average_downstream", "average_predict"),
+    "bayescale.backtest": ("Backtest", "backtest"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(_import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    try:  # a submodule: bs.batch, bs.inference, ...
+        return _import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
+
+class _Package(_types.ModuleType):
+    """Importing a submodule binds it on its package: `import bayescale.fit` would make `bayescale.fit` the
+    module, not the function. Names exported from a submodule of the same name (fit, backtest, compare,
+    prior_predictive) keep the function."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, _types.ModuleType) and _WHERE.get(name) == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
 
 try:  # one version source: pyproject.toml, through the installed package's metadata
     __version__ = _metadata.version("bayescale")
 except _metadata.PackageNotFoundError:  # a source tree on sys.path without an install
     __version__ = "0+unknown"
 
-__all__ = [
-    "Allocation", "ConvergenceWarning", "DataError", "Derivation", "Diagnostics", "EXAMPLES", "Fit", "Law",
-    "Discrepancy", "Likelihood", "Param", "Prediction", "Runs", "SamplerSettings", "Thresholds", "check_convergence", "draws",
-    "fit", "get_law", "laws", "load", "load_example", "optimal_allocation", "predict", "read_table",
-    "register_law", "runs_from_table", "save", "summary",
-    "prior_predictive", "PriorPredictive",
-    "Backtest", "backtest", "Evidence", "average_downstream", "average_predict", "compare", "format_notes", "log_evidence",
-    "Misfit", "MisfitWarning", "check_misfit", "RetryPolicy",
-]
+__all__ = sorted(_WHERE)

@@ -3,19 +3,13 @@
 `fit_batch(runs_list, law)` stacks the data sets into arrays of a common number of runs (`stack_runs`: each
 data set is padded with copies of its own first run and a `mask` marks the real ones; the model's
 likelihood, `data_stats` and the `Param.pivot` references all honour the mask, so a padded data set has the
-same posterior as the unpadded one), then runs one jitted program, `jax.vmap`ped over data sets:
+same posterior as the unpadded one), then runs the engine's one sampler,
+`bayescale.inference.sample_posterior`, `jax.vmap`ped over data sets: the same pure functions (MAP from
+prior starts, warm-up, draws in fixed-size chunks) that `fit()` calls unvmapped.
 
-1. the MAP: starts drawn from the prior, mapped to NumPyro's unconstrained space, minimised with
-   `bayescale.map_estimate.best_of_starts` (optax L-BFGS) on the potential energy of that data set;
-2. NUTS: `num_chains` chains started around the MAP (`bayescale.inference.chain_starts`), each with its own
-   warm-up adaptation (step size and dense mass matrix, numpyro's `hmc(..., algo="NUTS")` init/sample
-   kernels scanned with `lax.scan`), the same kernel and settings (`bayescale.inference.nuts_options`) that
-   `fit()` runs through `numpyro.infer.MCMC`.
-
-Keys follow `fit()`: data set i with seed s uses PRNGKey(s) split into (MAP, NUTS, predictive) keys exactly
-as `fit()` does, so a batch and a single fit of the same data and seed sample the same posterior (vmapped
-arithmetic is not bit-identical, and NUTS amplifies round-off, so they agree to Monte Carlo error; see
-tests/test_batch.py).
+Keys follow `fit()`: data set i with seed s uses PRNGKey(s), so a batch and a single fit of the same data and
+seed sample the same posterior (vmapped arithmetic is not bit-identical, and NUTS amplifies round-off, so
+they agree to Monte Carlo error; see tests/test_batch.py).
 
 Diagnostics are vectorised: R-hat and bulk/tail ESS by ArviZ over a "dataset" dimension, divergences and
 E-BFMI with numpy, judged by `bayescale.diagnostics.judge` (the same thresholds and messages as
@@ -26,7 +20,7 @@ so `save`/`load`/`summary`/`predict` work on it.
 Devices: when JAX sees several local devices (GPUs, or the host "devices" `bayescale.compilation` asks XLA
 for on CPU), the data-set axis is sharded over them with `jax.sharding` (a 1-D mesh; the batch is padded to
 a multiple of the device count with copies of its last data set, dropped afterwards). Nothing in the program
-is CPU-specific. Vmapped NUTS runs all chains of all data sets in lockstep: each step costs the longest
+is CPU-specific. Vmapped NUTS runs the chains of all data sets in lockstep: each step costs the longest
 trajectory in the batch (../shared/STACK.md), so very heterogeneous batches pay for their slowest member.
 """
 
@@ -42,14 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from numpyro.infer.hmc import hmc
-from numpyro.infer.util import initialize_model, unconstrain_fn
 
 from bayescale.diagnostics import Diagnostics, Thresholds, judge
-from bayescale.inference import SamplerSettings, chain_starts, nuts_options
+from bayescale.inference import SamplerSettings, program_for, sample_posterior, scalar_sites
 from bayescale.law import Law, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
-from bayescale.map_estimate import best_of_starts
 from bayescale.retries import as_retry_policy, attempt_record, escalate
 from bayescale.model import law_model, pointwise_log_likelihood, posterior_predictive_draws, prior_draws
 from bayescale.runs import Runs
@@ -112,83 +103,6 @@ def stack_runs(runs_list: Sequence[Runs], num_runs: int | None = None) -> Stacke
 
 
 # ---- the vmapped program ----
-
-
-@dataclass(frozen=True)
-class _Program:
-    model: Any
-    latent: tuple[str, ...]
-    potential_fn_gen: Any
-    postprocess_fn_gen: Any
-
-
-_PROGRAMS: dict[int, tuple[Any, _Program]] = {}
-
-
-def _program(model, args_one, kwargs_one) -> _Program:
-    """NumPyro's potential-energy and postprocess generators for `model`, functions of the model args
-    (`dynamic_args=True`), so one traced program serves every data set. Memoised per model."""
-    if id(model) in _PROGRAMS and _PROGRAMS[id(model)][0] is model:
-        return _PROGRAMS[id(model)][1]
-    info = initialize_model(
-        jax.random.PRNGKey(0), model, model_args=args_one, model_kwargs=kwargs_one, dynamic_args=True
-    )
-    program = _Program(model, tuple(info.param_info.z), info.potential_fn, info.postprocess_fn)
-    _PROGRAMS[id(model)] = (model, program)
-    return program
-
-
-def _fit_one(program: _Program, settings: SamplerSettings, map_starts: int, map_iter: int, key, args, kwargs):
-    """MAP then NUTS for one data set; pure, so it vmaps over data sets. Keys split as in `fit()`."""
-    model = program.model
-    key_map, key_nuts, _ = jax.random.split(key, 3)
-    potential = program.potential_fn_gen(*args, **kwargs)
-
-    _, key_starts = jax.random.split(key_map)
-    prior = prior_draws(model, key_starts, args, kwargs, map_starts)
-    starts = jax.vmap(lambda p: unconstrain_fn(model, args, kwargs, p))({k: prior[k] for k in program.latent})
-    mode, values, _ = best_of_starts(potential, starts, map_iter)
-
-    key_run, key_init = jax.random.split(key_nuts)
-    inits = chain_starts(key_init, mode, settings.num_chains, settings.init_jitter)
-    init_kernel, sample_kernel = hmc(potential_fn_gen=program.potential_fn_gen, algo="NUTS")
-    options = nuts_options(settings, list(program.latent))
-
-    def chain(chain_key, z0):
-        state = init_kernel(
-            z0, settings.num_warmup, **options, model_args=args, model_kwargs=kwargs, rng_key=chain_key
-        )
-        step = lambda s: sample_kernel(s, model_args=args, model_kwargs=kwargs)  # noqa: E731
-        state = jax.lax.fori_loop(0, settings.num_warmup, lambda _, s: step(s), state)
-
-        def collect(s, _):
-            s = step(s)
-            return s, (s.z, s.diverging, s.energy, s.potential_energy, s.num_steps, s.accept_prob,
-                       s.adapt_state.step_size)
-
-        _, out = jax.lax.scan(collect, state, None, length=settings.num_samples)
-        return out
-
-    chain_keys = jax.random.split(key_run, settings.num_chains) if settings.num_chains > 1 else key_run[None]
-    z, diverging, energy, potential_energy, num_steps, accept_prob, step_size = jax.vmap(chain)(chain_keys, inits)
-    postprocess = program.postprocess_fn_gen(*args, **kwargs)
-    samples = jax.vmap(jax.vmap(postprocess))(z)
-    mode_constrained = postprocess(mode)
-    stats = {
-        "diverging": diverging,
-        "energy": energy,
-        "lp": -potential_energy,
-        "n_steps": num_steps,
-        "acceptance_rate": accept_prob,
-        "step_size": step_size,
-    }
-    return {"samples": samples, "stats": stats, "map": mode_constrained, "map_u": mode,
-            "map_log_density": -jnp.min(values)}
-
-
-@partial(jax.jit, static_argnames=("program", "settings", "map_starts", "map_iter"))
-def _fit_many(program, settings, map_starts, map_iter, keys, args, kwargs):
-    return jax.vmap(partial(_fit_one, program, settings, map_starts, map_iter))(keys, args, kwargs)
 
 
 @partial(jax.jit, static_argnames=("model", "num_prior_draws", "conditional"))
@@ -354,7 +268,7 @@ class BatchFit:
             diagnostics=self.diagnostics[i],
             settings=self.member_settings[i] if self.member_settings else self.settings,
             seed=int(self.seeds[i]),
-            map={k: float(v[i]) for k, v in self.map.items() if not k.startswith("_") and np.ndim(v[i]) == 0},
+            map=scalar_sites({k: v[i] for k, v in self.map.items()}),
             priors=self.priors,
             misfit=check_misfit(dt, self.runs[i].labels) if misfit_checks and applies(dt, self.likelihood.family) else None,
             attempts=list(self.attempts[i]) if self.attempts else [],
@@ -405,7 +319,7 @@ def fit_batch(
     stacked = stack_runs(runs_list, num_runs)
     model = law_model(law, likelihood)
     args, kwargs = stacked.model_inputs()
-    program = _program(model, *jax.tree.map(lambda a: a[0], (args, kwargs)))
+    program = program_for(model, *jax.tree.map(lambda a: a[0], (args, kwargs)))
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
 
     out = _run_chunks(program, settings, map_starts, map_iter, (keys, args, kwargs), chunk_size, shard)
@@ -464,7 +378,8 @@ def _put(whole: np.ndarray, index: np.ndarray, part: np.ndarray) -> np.ndarray:
 
 
 def _run_chunks(program, settings, map_starts, map_iter, inputs, chunk_size, shard) -> dict:
-    """`_fit_many` over (keys, args, kwargs) with a data-set axis, `chunk_size` data sets per call."""
+    """`bayescale.inference.sample_posterior` over (keys, args, kwargs) with a data-set axis, `chunk_size`
+    data sets per call (the last chunk padded to it, so every chunk runs the same compiled programs)."""
     count = len(inputs[0])
     width = count if not chunk_size or count <= chunk_size else int(chunk_size)
     pieces = []
@@ -472,7 +387,8 @@ def _run_chunks(program, settings, map_starts, map_iter, inputs, chunk_size, sha
         chunk = jax.tree.map(lambda a: a[start:start + width], inputs)
         size = len(chunk[0])
         sharded, _ = _shard_inputs(_pad_batch(chunk, width), width, shard)
-        out = _fit_many(program, settings, map_starts, map_iter, *sharded)
+        out = sample_posterior(program, settings, *sharded, map_starts=map_starts, map_iter=map_iter, batched=True)
         pieces.append(jax.tree.map(lambda a: np.asarray(a)[:size], out))
     out = jax.tree.map(lambda *parts: np.concatenate(parts), *pieces) if len(pieces) > 1 else pieces[0]
+    out["map_log_density"] = -np.min(out["map_values"], axis=-1)
     return {**out, "samples": dict(out["samples"])}

@@ -2,20 +2,21 @@
 
 Every verb prints a readable table, or JSON with --json (for scripts and CI). Exit status: 0 on success,
 2 on bad input (the message names the column or row), 3 when --strict is given and the fit did not converge.
+Long verbs print a progress line per sampler phase on standard error when it is a terminal (not with --json).
+Heavy libraries (JAX, ArviZ, pandas) are imported by the verbs that use them, so `--help` and `--version`
+answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import sys
 import warnings
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_CONVERGED = 3
@@ -84,12 +85,16 @@ def parse_prior(text: str):
     return name.strip(), getattr(dist, tree.func.id)(*args, **kwargs)
 
 
-def _print_table(frame: pd.DataFrame) -> None:
+def _print_table(frame) -> None:
+    import pandas as pd
+
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.6g}".format):
         print(frame.to_string())
 
 
 def _json(obj) -> None:
+    import numpy as np
+
     def default(value):
         if isinstance(value, np.generic | np.ndarray):
             return value.tolist()
@@ -245,6 +250,8 @@ def cmd_summary(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    import pandas as pd
+
     import bayescale as bs
 
     result = bs.load(args.fit)
@@ -315,6 +322,8 @@ def cmd_batch(args) -> int:
 
 
 def cmd_laws(args) -> int:
+    import pandas as pd
+
     import bayescale as bs
 
     catalogue = bs.laws()
@@ -378,6 +387,8 @@ def _load_downstream_fits(paths: list[str], naming: str) -> dict:
 
 
 def cmd_predict_downstream(args) -> int:
+    import pandas as pd
+
     levels = _levels(args.level_low)
     fits = _load_downstream_fits(args.fits, "the weights")
     if len(fits) == 1:
@@ -594,14 +605,17 @@ def main(argv: list[str] | None = None) -> int:
     for command in parser._subparsers._group_actions[0].choices.values():
         command.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # defaults shown in every --help
     args = parser.parse_args(argv)
-    from bayescale.runs import DataError
+    from bayescale import progress
 
+    # Progress lines on a terminal only: --json output, pipes and scripts stay quiet.
+    show = sys.stderr.isatty() and not getattr(args, "json", False) and not getattr(args, "no_progress", False)
     try:
-        return args.func(args)
+        with progress.reporting() if show else contextlib.nullcontext():
+            return args.func(args)
     except BrokenPipeError:  # `bayescale laws --json | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (DataError, ValueError, KeyError, FileNotFoundError) as err:
+    except (ValueError, KeyError, FileNotFoundError) as err:  # bayescale.runs.DataError is a ValueError
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

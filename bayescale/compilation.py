@@ -1,52 +1,38 @@
-"""JAX settings the engine relies on, applied once when `bayescale` is imported.
+"""JAX settings the engine relies on, applied when `bayescale` is imported, without importing JAX.
 
 - float64 (`jax_enable_x64`): scaling-law exponents and the irreducible loss are poorly conditioned in
   float32 (L-BFGS produced NaNs there; see ../shared/STACK.md).
-- Several host "devices" on CPU, so NUTS chains run in parallel threads (`chain_method="parallel"`). This
-  only works if it happens before JAX initialises its backends; `bayescale` sets it on import unless the
-  user already chose (XLA_FLAGS) or opted out (BAYESCALE_HOST_DEVICES=0).
-- A persistent compilation cache: numpyro recompiles the whole sampling loop on every `MCMC.run`, and
-  compilation is most of the wall time of a fit. With the cache, a second fit of the same shapes (in this
-  process or a later one) loads the compiled program instead. Directory: BAYESCALE_CACHE_DIR, else
-  ~/.cache/bayescale/jax; BAYESCALE_CACHE_DIR=off disables it.
+- One CPU "device" per core (`jax_num_cpu_devices`), over which batches shard their data sets
+  (`bayescale.batch`). BAYESCALE_HOST_DEVICES sets another count (1: a single device).
+- A persistent compilation cache: compilation is most of the wall time of a first fit, and with the cache a
+  later process with the same shapes loads the compiled programs instead. Directory: BAYESCALE_CACHE_DIR,
+  else ~/.cache/bayescale/jax; BAYESCALE_CACHE_DIR=off disables it.
+
+Each setting is one of JAX's public configuration options. When JAX is not imported yet (the usual case,
+and what keeps `import bayescale` and the CLI's `--help` fast), they are handed to it through the
+environment variables it reads at import (JAX_ENABLE_X64, JAX_NUM_CPU_DEVICES, ...); when it is, through
+`jax.config.update`, which refuses the device count once JAX has run something: bayescale then warns and
+keeps the devices JAX has.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
-DEFAULT_HOST_DEVICES = 4
 
-
-def _backends_initialised() -> bool:
+def host_device_count() -> int:
+    """CPU devices to ask JAX for: BAYESCALE_HOST_DEVICES, else one per core."""
+    setting = os.environ.get("BAYESCALE_HOST_DEVICES")
+    if setting is None:
+        return max(1, os.cpu_count() or 1)
     try:
-        from jax._src import xla_bridge
-
-        return bool(getattr(xla_bridge, "_backends", {}))
-    except Exception:  # private API moved: assume the worst, never crash on import
-        return False
-
-
-def configure_host_devices(count: int | None = None) -> int:
-    """Ask XLA for `count` CPU devices so chains can run in parallel; returns the count in force."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
-        return int(flags.split("xla_force_host_platform_device_count=")[1].split()[0])
-    if count is None:
-        count = int(os.environ.get("BAYESCALE_HOST_DEVICES", max(DEFAULT_HOST_DEVICES, os.cpu_count() or 1)))
-    if count <= 1:
-        return 1
-    if _backends_initialised():
-        warnings.warn(
-            "JAX was initialised before bayescale was imported, so NUTS chains cannot run in parallel on "
-            "CPU; import bayescale first (or set XLA_FLAGS=--xla_force_host_platform_device_count=4).",
-            stacklevel=3,
-        )
-        return 1
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-    return count
+        count = int(setting)
+    except ValueError:
+        raise ValueError(f"BAYESCALE_HOST_DEVICES must be a whole number of CPU devices, got {setting!r}") from None
+    return max(1, count)
 
 
 def cache_dir() -> Path | None:
@@ -58,22 +44,43 @@ def cache_dir() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bayescale" / "jax"
 
 
-def enable_compilation_cache(path: Path | None = None) -> Path | None:
-    import jax
-
-    path = path or cache_dir()
-    if path is None:
-        return None
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
+def _options() -> dict[str, object]:
+    options: dict[str, object] = {"jax_enable_x64": True}
+    # The user's own XLA flag for host devices wins (JAX reads it when jax_num_cpu_devices is unset).
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        options["jax_num_cpu_devices"] = host_device_count()
+    path = cache_dir()
+    if path is not None:
+        options.update({
+            "jax_compilation_cache_dir": str(path),
+            "jax_persistent_cache_min_compile_time_secs": 0.0,
+            "jax_persistent_cache_min_entry_size_bytes": 0,
+        })
+    return options
 
 
 def configure() -> None:
-    configure_host_devices()
+    """Apply the engine's JAX options (see the module docstring)."""
+    path = cache_dir()
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+    options = _options()
+    if "jax" not in sys.modules:
+        for name, value in options.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if name == "jax_enable_x64":
+                os.environ[name.upper()] = text  # not optional: the engine is wrong in float32
+            else:
+                os.environ.setdefault(name.upper(), text)  # the user's own JAX setting wins
+        return
     import jax
 
-    jax.config.update("jax_enable_x64", True)
-    enable_compilation_cache()
+    for name, value in options.items():
+        try:
+            jax.config.update(name, value)
+        except RuntimeError:  # the device count, after JAX has initialised its backends
+            warnings.warn(
+                f"JAX was initialised before bayescale was imported, so it keeps its {jax.local_device_count()} "
+                f"CPU device(s) (bayescale asks for {value}); import bayescale first, or set JAX_NUM_CPU_DEVICES.",
+                stacklevel=3,
+            )

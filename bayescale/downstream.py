@@ -29,8 +29,8 @@ Which link? Per-task exponentials keep accelerating beyond the data; the sigmoid
 accuracies, and a leave-future-out refit without the largest runs' accuracies). On Gadre et al.'s
 over-training runs both scores prefer `link_sigmoid` (notebooks/03_downstream.ipynb).
 
-Inference reuses the engine: `bayescale.map_estimate` for the MAP, `bayescale.inference.run_nuts` from
-around it, `bayescale.diagnostics.check_convergence` (loud `ConvergenceWarning`).
+Inference is the engine's one sampler, `bayescale.inference.sample_posterior` (MAP, then NUTS from around
+it), checked by `bayescale.diagnostics.check_convergence` (loud `ConvergenceWarning`).
 """
 
 from __future__ import annotations
@@ -52,10 +52,9 @@ from numpyro import handlers
 from numpyro.distributions import biject_to
 
 from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
-from bayescale.inference import SamplerSettings, run_nuts
+from bayescale.inference import SamplerSettings, program_for, sample_posterior, scalar_sites
 from bayescale.law import Law, PriorSpec, data_stats, get_law, laws, resolve_prior
 from bayescale.likelihood import Likelihood, as_likelihood
-from bayescale.map_estimate import map_estimate
 from bayescale.metric_likelihood import MetricLikelihood
 from bayescale.model import pointwise_log_likelihood, prior_draws, sample_params
 from bayescale.runs import DataError, _rows, points_from_mapping, read_table, runs_from_table
@@ -441,16 +440,12 @@ def _new_accuracy(spec: ChainSpec, samples, runs: DownstreamRuns, p_correct, key
     return np.asarray(spec.metric_likelihood.as_fraction(observed, items))
 
 
-def _to_datatree(mcmc, model, spec: ChainSpec, args, kwargs, runs: DownstreamRuns, key, num_prior_draws):
+def _to_datatree(draws, model, spec: ChainSpec, args, kwargs, runs: DownstreamRuns, key, num_prior_draws):
     key_ppc, key_prior = jax.random.split(key)
-    chains = mcmc.num_chains
-    flat = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+    sample_stats = draws["stats"]
+    chains = np.shape(sample_stats["lp"])[0]
+    flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in draws["samples"].items()}
     by_chain = lambda a: np.asarray(a).reshape(chains, -1, *np.shape(a)[1:])  # noqa: E731
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    names = {"diverging": "diverging", "energy": "energy", "num_steps": "n_steps", "accept_prob": "acceptance_rate",
-             "adapt_state.step_size": "step_size"}
-    sample_stats = {name: np.asarray(extra[f]) for f, name in names.items() if f in extra}
-    sample_stats["lp"] = -np.asarray(extra["potential_energy"])
     loglik = pointwise_log_likelihood(model, flat, args, kwargs)
     # Parameters from the prior; the observed sites stay at their data (no prior predictive group).
     prior = prior_draws(model, key_prior, args, kwargs, num_prior_draws)
@@ -557,14 +552,16 @@ def fit_downstream(
 
     model = chain_model(spec)
     args, kwargs = model_inputs(runs, metric_likelihood)
-    key_map, key_nuts, key_pred = jax.random.split(jax.random.PRNGKey(seed), 3)
-    mode = map_estimate(model, args, kwargs, key_map, num_starts=map_starts)
-    mcmc = run_nuts(model, args, kwargs, key_nuts, settings, init_unconstrained=mode.unconstrained)
-    dt = _to_datatree(mcmc, model, spec, args, kwargs, runs, key_pred, num_prior_draws)
+    key = jax.random.PRNGKey(seed)
+    draws = sample_posterior(program_for(model, args, kwargs), settings, key, args, kwargs, map_starts=map_starts)
+    if not np.isfinite(draws["map_values"]).any():
+        raise FloatingPointError("MAP failed: the log density is not finite at any of the prior's starts; check "
+                                 "the priors and the data")
+    dt = _to_datatree(draws, model, spec, args, kwargs, runs, jax.random.split(key, 3)[2], num_prior_draws)
     diagnostics = check_convergence(dt, params=_checked_params(dt), thresholds=thresholds)
     warn_if_not_converged(diagnostics, what=f"downstream fit of {loss_law.name!r} -> {link.name!r}")
     return DownstreamFit(spec=spec, data=dt, runs=runs, diagnostics=diagnostics, settings=settings, seed=seed,
-                         map=mode.params)
+                         map=scalar_sites(draws["map"]))
 
 
 def _checked_params(dt) -> list[str]:

@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 
 from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged, weakly_identified
-from bayescale.inference import SamplerSettings, run_nuts
+from bayescale.inference import SamplerSettings, program_for, sample_posterior, scalar_sites
 from bayescale.law import Law, PriorSpec, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
-from bayescale.map_estimate import MapResult, map_estimate
 from bayescale.misfit import Misfit, MisfitWarning, applies as misfit_applies, check_misfit, warn_if_misfit
 from bayescale.model import law_model, pointwise_log_likelihood, posterior_predictive_draws, prior_draws
 from bayescale.grouping import Grouping, group_stats, grouped_law_model, make_grouping
@@ -117,34 +116,23 @@ def _check_prior_names(priors: Mapping[str, PriorSpec], law: Law, likelihood: Li
         raise KeyError(f"priors given for unknown parameters {unknown}; law {law.name!r} has {sorted(known)}")
 
 
-_SAMPLE_STATS = {  # numpyro extra field -> ArviZ sample_stats name
-    "diverging": "diverging",
-    "energy": "energy",
-    "num_steps": "n_steps",
-    "accept_prob": "acceptance_rate",
-    "adapt_state.step_size": "step_size",
-}
-
-
-def to_datatree(mcmc, model, args, kwargs, runs: Runs, key, prior_draw_count: int = 500, conditional: bool = False):
+def to_datatree(draws: Mapping[str, Any], model, args, kwargs, runs: Runs, key, prior_draw_count: int = 500,
+                conditional: bool = False):
     """Posterior, sample stats, pointwise log-likelihood, posterior and prior predictive, observed and
-    constant data of a finished MCMC, as an ArviZ DataTree. The draws are made by jitted functions of
-    `bayescale.model` (numpyro's Predictive runs op by op and took seconds here)."""
+    constant data of `draws` (from `bayescale.inference.sample_posterior`), as an ArviZ DataTree. The
+    predictive draws are made by jitted functions of `bayescale.model` (numpyro's Predictive runs op by op
+    and took seconds here)."""
     key_ppc, key_prior = jax.random.split(key)
-    num_chains = mcmc.num_chains
-    # Parallel chains leave their draws sharded over host devices; jitted code would recompile for that
-    # sharding, so bring them to plain host arrays first.
-    flat = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+    posterior = draws["samples"]
+    num_chains = next(iter(draws["stats"].values())).shape[0]
+    flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in posterior.items()}
     by_chain = lambda a: np.asarray(a).reshape(num_chains, -1, *np.shape(a)[1:])  # noqa: E731
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    sample_stats = {name: np.asarray(extra[field]) for field, name in _SAMPLE_STATS.items() if field in extra}
-    sample_stats["lp"] = -np.asarray(extra["potential_energy"])
     ppc = posterior_predictive_draws(model, key_ppc, flat, args, kwargs, conditional=conditional)
     loglik = pointwise_log_likelihood(model, flat, args, kwargs)
     prior = prior_draws(model, key_prior, args, kwargs, prior_draw_count)
     return datatree_from_draws(
-        posterior={k: by_chain(v) for k, v in flat.items()},
-        sample_stats=sample_stats,
+        posterior=posterior,
+        sample_stats=draws["stats"],
         log_likelihood=by_chain(loglik["y"]),
         posterior_predictive=by_chain(ppc["y"]),
         prior=prior,
@@ -262,17 +250,18 @@ def fit(
         _check_group_sizes(runs, law, grouping)
     model = model_for(law, likelihood, grouping)
     args, kwargs = model_inputs(runs)
-    key_map, key_nuts, key_pred = jax.random.split(jax.random.PRNGKey(seed), 3)
+    program = program_for(model, args, kwargs)
 
     policy = as_retry_policy(retries)
     attempts: list[dict] = []
     for attempt in range(policy.max_retries + 1):
-        # Attempt 0 uses the seed's own streams, so a fit that converges first time is what it always was.
-        keys = (key_map, key_nuts, key_pred) if attempt == 0 else jax.random.split(jax.random.fold_in(key_nuts, attempt), 3)
-        mode: MapResult = map_estimate(model, args, kwargs, keys[0], num_starts=map_starts)
-        mcmc = run_nuts(model, args, kwargs, keys[1], settings, init_unconstrained=mode.unconstrained)
-        dt = to_datatree(mcmc, model, args, kwargs, runs, keys[2], prior_draw_count=num_prior_draws,
-                         conditional=likelihood.discrepancy is not None)
+        # Attempt 0 uses the seed's own key, so a fit that converges first time is what it always was; a retry
+        # folds in its number, as `bayescale.batch` does for its members.
+        key = jax.random.PRNGKey(seed) if attempt == 0 else jax.random.fold_in(jax.random.PRNGKey(seed), attempt)
+        draws = sample_posterior(program, settings, key, args, kwargs, map_starts=map_starts)
+        _check_map(draws["map_values"], law)
+        dt = to_datatree(draws, model, args, kwargs, runs, jax.random.split(key, 3)[2],
+                         prior_draw_count=num_prior_draws, conditional=likelihood.discrepancy is not None)
         names = [n for n in dt.posterior.data_vars if not str(n).startswith("_")]
         diagnostics = check_convergence(dt, params=names, thresholds=thresholds)
         diagnostics = dataclasses.replace(diagnostics, weakly_identified=weakly_identified(dt, names))
@@ -299,12 +288,18 @@ def fit(
         diagnostics=diagnostics,
         settings=settings,
         seed=seed,
-        map=mode.params,
+        map=scalar_sites(draws["map"]),
         priors=priors,
         grouping=grouping,
         misfit=misfit,
         attempts=attempts,
     )
+
+
+def _check_map(start_values, law: Law) -> None:
+    if not np.isfinite(np.asarray(start_values)).any():
+        raise FloatingPointError(f"MAP of law {law.name!r} failed: the log density is not finite at any of the "
+                                 f"prior's starts; check the priors and the data")
 
 
 def _check_group_sizes(runs: Runs, law: Law, grouping: Grouping) -> None:

@@ -1,9 +1,9 @@
 """Maximum a posteriori fits with optax L-BFGS from many starts; the best start is kept.
 
 `lbfgs_minimize` is a pure function of (objective, start) that runs under jit, `lax.map` and `vmap`
-(BlackJAX-style), so batch jobs reuse it over data sets. `map_estimate` draws starts from the prior, maps
-them to NumPyro's unconstrained space (log of positive parameters, logit of bounded ones), minimises the
-potential energy from each, and returns the best in the user's units. The MAP is the mode in that
+(BlackJAX-style). `find_map`, the sampler's first step, draws starts from the prior, maps them to NumPyro's
+unconstrained space (log of positive parameters, logit of bounded ones) and minimises the potential energy
+from each; `map_estimate` runs it alone and returns the best in the user's units. The MAP is the mode in that
 unconstrained parametrisation (it includes the log-Jacobian), which is what NUTS is initialised from.
 """
 
@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from numpyro.infer.util import initialize_model, potential_energy, unconstrain_fn
+from numpyro.infer.util import unconstrain_fn
 
-from bayescale.model import prior_draws
+from bayescale.model import Program, prior_draws, program_for
 
 
 def lbfgs_minimize(fun: Callable[[Any], jax.Array], x0: Any, max_iter: int = 500, tol: float = 1e-6):
@@ -54,19 +54,22 @@ def best_of_starts(fun, starts: jax.Array, max_iter: int = 500, tol: float = 1e-
     return jax.tree.map(lambda a: a[best], xs), values, iters
 
 
-@partial(jax.jit, static_argnames=("model", "max_iter"))
-def _map_from_starts(model, starts, model_args, model_kwargs, max_iter):
-    # The data are traced arguments, not constants folded into the program, so the persistent compilation
-    # cache serves every data set of the same shape.
-    def objective(params):
-        return potential_energy(model, model_args, model_kwargs, params)
+def find_map(program: Program, key, args, kwargs, num_starts: int, max_iter: int = 500):
+    """The MAP in NumPyro's unconstrained space: L-BFGS from `num_starts` prior draws, the best kept. Pure
+    (it runs inside the sampler's compiled start program, vmapped over data sets in a batch). Returns
+    (mode, final potential energy of every start)."""
+    model = program.model
+    _, key_starts = jax.random.split(key)
+    prior = prior_draws(model, key_starts, args, kwargs, num_starts)
+    starts = jax.vmap(lambda p: unconstrain_fn(model, args, kwargs, p))({k: prior[k] for k in program.latent})
+    mode, values, _ = best_of_starts(program.potential_fn_gen(*args, **kwargs), starts, max_iter)
+    return mode, values
 
-    return best_of_starts(objective, starts, max_iter)
 
-
-@partial(jax.jit, static_argnames=("model",))
-def _unconstrain(model, params, model_args, model_kwargs):
-    return jax.vmap(lambda p: unconstrain_fn(model, model_args, model_kwargs, p))(params)
+@partial(jax.jit, static_argnames=("program", "num_starts", "max_iter"))
+def _find_map(program, key, args, kwargs, num_starts, max_iter):
+    mode, values = find_map(program, key, args, kwargs, num_starts, max_iter)
+    return mode, program.postprocess_fn_gen(*args, **kwargs)(mode), values
 
 
 @dataclass(frozen=True)
@@ -86,18 +89,12 @@ def map_estimate(
     num_starts: int = 32,
     max_iter: int = 500,
 ) -> MapResult:
-    key_init, key_starts = jax.random.split(key)
-    info = initialize_model(key_init, model, model_args=model_args, model_kwargs=dict(model_kwargs))
-    latent_names = list(info.param_info.z)
-    prior = prior_draws(model, key_starts, model_args, dict(model_kwargs), num_starts)
-    unconstrained = _unconstrain(model, {k: prior[k] for k in latent_names}, model_args, dict(model_kwargs))
-    # The prior draws, plus NumPyro's own valid initial point as a fallback start.
-    starts = jax.tree.map(lambda a, b: jnp.concatenate([a, jnp.asarray(b)[None]]), unconstrained, info.param_info.z)
-    best_u, values, _ = _map_from_starts(model, starts, model_args, dict(model_kwargs), max_iter)
+    """The MAP of `model` on its own (the sampler runs `find_map` inside its start program)."""
+    program = program_for(model, model_args, model_kwargs)
+    best_u, constrained, values = _find_map(program, key, model_args, dict(model_kwargs), num_starts, max_iter)
     values = np.asarray(values)
     if not np.isfinite(values).any():
         raise FloatingPointError("MAP failed: the log density is not finite at any start; check the priors and data")
-    constrained = info.postprocess_fn(best_u)
     return MapResult(
         params={
             k: float(np.asarray(v)) for k, v in constrained.items() if not k.startswith("_") and np.ndim(v) == 0

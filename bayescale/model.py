@@ -12,7 +12,9 @@ static argument is traced once per process, and the persistent cache serves late
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions.transforms import AffineTransform, ExpTransform
-from numpyro.infer.util import log_likelihood
+from numpyro.infer.util import constrain_fn, log_likelihood, potential_energy
 
 from bayescale.discrepancy import log_axis
 from bayescale.law import Law, resolve_prior
@@ -126,3 +128,48 @@ def pointwise_log_likelihood(model, samples, args, kwargs):
     """log p(y_i | theta_s) of each observation for each draw, per observed site: {"y": (draws, runs)} for a
     law's model, {"loss": ..., "metric": (draws, tasks, runs)} for a downstream chain."""
     return log_likelihood(model, samples, *args, **kwargs)
+
+
+# ---- the model as NUTS and L-BFGS see it ----
+
+
+@dataclass(frozen=True)
+class Program:
+    """A model's unnormalised posterior in NumPyro's unconstrained space, as functions of the model's
+    arguments, so one traced program serves every data set: `potential_fn_gen(*args, **kwargs)(z)` is the
+    potential energy (minus the log density, with the log-Jacobian of the transforms) at unconstrained `z`,
+    `postprocess_fn_gen(*args, **kwargs)(z)` the point in the user's units (deterministic sites included)."""
+
+    model: Any
+    latent: tuple[str, ...]
+
+    def potential_fn_gen(self, *args, **kwargs):
+        return lambda z: potential_energy(self.model, args, kwargs, z)
+
+    def postprocess_fn_gen(self, *args, **kwargs):
+        return lambda z: constrain_fn(self.model, args, kwargs, z, return_deterministic=True)
+
+
+_PROGRAMS: dict[int, tuple[Any, Program]] = {}
+
+
+def program_for(model, args, kwargs) -> Program:
+    """The `Program` of `model` (memoised per model object); `args`, `kwargs`: one data set's inputs.
+
+    Only the names of the latent sites are read here, from an abstract trace of the model (`jax.eval_shape`):
+    numpyro's `initialize_model` also evaluates the model and its gradient op by op to find a valid start,
+    which cost 6.4 s of one-operation compilations per new model (Chinchilla, cold cache) and is not needed,
+    since the MAP starts from prior draws."""
+    cached = _PROGRAMS.get(id(model))
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    names: list[str] = []
+
+    def record_latent_sites(args, kwargs):
+        trace = handlers.trace(handlers.seed(model, jax.random.PRNGKey(0))).get_trace(*args, **kwargs)
+        names.extend(n for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"])
+
+    jax.eval_shape(record_latent_sites, args, dict(kwargs))
+    program = Program(model, tuple(names))
+    _PROGRAMS[id(model)] = (model, program)
+    return program

@@ -15,7 +15,7 @@ from bayescale.fit import model_inputs
 from bayescale.jobs import MANIFEST, SimulatedKill, job_from_mapping, read_manifest, run_job
 from bayescale.model import law_model
 
-SETTINGS = bs.SamplerSettings(num_warmup=300, num_samples=300, num_chains=4)
+SETTINGS = bs.SamplerSettings(num_warmup=300, num_samples=600, num_chains=4)
 WIDTH = 50  # every batch here pads to 50 runs, so the tests share one compiled program
 LAW = bs.get_law("chinchilla")
 

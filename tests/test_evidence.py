@@ -19,7 +19,7 @@ from scipy.stats import multivariate_normal
 
 import bayescale as bs
 from bayescale.evidence import bridge_sampling, density, evidence_report, laplace, widen_prior
-from bayescale.inference import SamplerSettings, run_nuts
+from bayescale.inference import SamplerSettings, program_for, sample_posterior
 
 SETTINGS = SamplerSettings(num_warmup=500, num_samples=1000, num_chains=4)
 
@@ -27,9 +27,9 @@ SETTINGS = SamplerSettings(num_warmup=500, num_samples=1000, num_chains=4)
 def _nuts_unconstrained(model, args, kwargs, seed):
     from bayescale.evidence import unconstrained_draws
 
-    mcmc = run_nuts(model, args, kwargs, jax.random.PRNGKey(seed), SETTINGS)
+    draws = sample_posterior(program_for(model, args, kwargs), SETTINGS, jax.random.PRNGKey(seed), args, kwargs)
     target = density(model, args, kwargs)
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    samples = draws["samples"]
     return target, unconstrained_draws(target, samples)
 
 
