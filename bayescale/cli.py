@@ -70,19 +70,41 @@ def _names(text: str | None) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()] if text else []
 
 
+# Distributions a --prior may name: continuous, univariate, with numeric arguments. An allow-list, so that a
+# prior string can only ever build a distribution.
+PRIOR_DISTRIBUTIONS = (
+    "Beta", "Cauchy", "Exponential", "Gamma", "HalfCauchy", "HalfNormal", "InverseGamma", "Laplace", "LogNormal",
+    "LogUniform", "Normal", "StudentT", "TruncatedNormal", "Uniform", "Weibull",
+)
+
+
 def parse_prior(text: str):
     """NAME=Distribution(args), e.g. alpha=LogNormal(-1.2, 0.5): numpyro distributions with numeric args."""
     import numpyro.distributions as dist
 
     name, sep, expr = text.partition("=")
-    if not sep:
+    if not sep or not name.strip():
         raise ValueError(f"--prior: expected NAME=Distribution(args), got {text!r}")
-    tree = ast.parse(expr.strip(), mode="eval").body
-    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and hasattr(dist, tree.func.id)):
-        raise ValueError(f"--prior {text!r}: not a numpyro distribution call such as LogNormal(-1.2, 0.5)")
-    args = [ast.literal_eval(a) for a in tree.args]
-    kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
-    return name.strip(), getattr(dist, tree.func.id)(*args, **kwargs)
+    try:
+        tree = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"--prior {text!r}: not a distribution call such as LogNormal(-1.2, 0.5)") from None
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
+        raise ValueError(f"--prior {text!r}: not a distribution call such as LogNormal(-1.2, 0.5)")
+    if tree.func.id not in PRIOR_DISTRIBUTIONS:
+        raise ValueError(f"--prior {text!r}: {tree.func.id!r} is not one of the distributions a prior may use: "
+                         f"{', '.join(PRIOR_DISTRIBUTIONS)}")
+    try:
+        args = [float(ast.literal_eval(a)) for a in tree.args]
+        kwargs = {k.arg: float(ast.literal_eval(k.value)) for k in tree.keywords}
+    except (ValueError, TypeError, SyntaxError):
+        raise ValueError(f"--prior {text!r}: the arguments must be numbers") from None
+    family = getattr(dist, tree.func.id)
+    try:
+        family(*args, **kwargs, validate_args=True)  # checks the arguments (scale > 0, low < high, ...)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--prior {text!r}: {err}") from None
+    return name.strip(), family(*args, **kwargs)
 
 
 def _print_table(frame) -> None:

@@ -6,12 +6,19 @@ shards (data sets of one law, `shard_size` at a time), fits each shard with `bay
 (one vmapped program), and writes for every fit:
 
 - `fits/<law>/<data set>.nc`: the engine's fit file (`bayescale.save`, atomic), so `bayescale summary`,
-  `predict`, `load` work on it;
+  `predict`, `load` work on it. A data set name that is not a safe file name is written as its slug plus a
+  short hash of the exact name (`a b` -> `a_b-<hash>.nc`), so different names never share a file; the
+  summary and the manifest keep the original name;
 - a line in `manifest.jsonl` (appended and fsynced after the fit file is in place) with its summary row.
 
-Resuming: a restarted job reads the manifest and skips every (data set, law) already in it; a fit whose
-file was written but whose manifest line was not is simply redone (same seed, same result) and its file
-replaced, so each fit ends up present exactly once. A torn last line (killed mid-write) is ignored.
+Resuming: a restarted job reads the manifest and skips every (data set, law) already in it, except rows
+with status "error" that are not a validation error of the data (a full disk, a crash): those are retried.
+A fit whose file was written but whose manifest line was not is simply redone (same seed, same result) and
+its file replaced, so each fit ends up present exactly once. A torn last line (killed mid-write) is ignored;
+temporary files of killed saves are removed when a job starts.
+
+One instance per output folder: a job holds a lock on OUTPUT/.lock while it runs, and a second instance on
+the same folder stops at once with a message (POSIX file locks; on systems without them, no lock).
 Failures: a data set that fails validation, or whose batch fails, is retried alone; if it still fails its
 row records status "error" and the message, and the others go on. At the end `summary.parquet` (one row
 per data set and law: parameter quantiles and MAP, diagnostics flags, predictions at requested points,
@@ -22,6 +29,8 @@ Backends: "local" (in process, the default) or "ray" (`bayescale.ray_backend`: s
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import tomllib
@@ -201,17 +210,30 @@ def _datasets(data: Mapping[str, Any], base: Path) -> dict[str, pd.DataFrame]:
         return out
     if "group_by" not in data:
         raise JobError("'data.table' needs 'group_by', the column naming each row's data set")
-    try:
-        table = read_table(resolve(data["table"]))
-    except DataError as err:
-        raise JobError(f"data table {data['table']}: {err}") from None
+    if isinstance(data["table"], pd.DataFrame):  # a job built in Python (job_from_mapping) may pass the table itself
+        table = data["table"]
+    else:
+        try:
+            table = read_table(resolve(data["table"]))
+        except DataError as err:
+            raise JobError(f"data table {data['table']}: {err}") from None
     column = data["group_by"]
     if column not in table.columns:
-        raise JobError(f"group_by column {column!r} is not in {data['table']}; columns: {list(table.columns)}")
+        raise JobError(f"group_by column {column!r} is not in the data table; columns: {list(table.columns)}")
     if table[column].isna().any():
         rows = table.index[table[column].isna()].tolist()[:8]
         raise JobError(f"group_by column {column!r} is empty at rows {rows}")
-    return {str(name): group.drop(columns=[column]) for name, group in table.groupby(column, sort=False)}
+    groups = list(table.groupby(column, sort=False))
+    by_name: dict[str, list] = {}
+    for value, _ in groups:
+        by_name.setdefault(str(value), []).append(value)
+    clashes = {name: values for name, values in by_name.items() if len(values) > 1}
+    if clashes:
+        shown = "; ".join(f"{name!r} from {[f'{v!r} ({type(v).__name__})' for v in values]}"
+                          for name, values in list(clashes.items())[:5])
+        raise JobError(f"group_by column {column!r} holds different values that print the same, which would merge "
+                       f"their data sets: {shown}; give the column a single type")
+    return {str(name): group.drop(columns=[column]) for name, group in groups}
 
 
 # ---- the manifest: which fits are finished ----
@@ -256,7 +278,30 @@ def _json_default(value):
 
 def fit_path(output: Path, dataset: str, law: str) -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in dataset)
+    if safe != dataset or not safe.strip("."):
+        # The slug alone would send "a b", "a_b" and "a/b" to one file: a hash of the exact name keeps them apart.
+        safe = f"{safe}-{hashlib.sha256(dataset.encode()).hexdigest()[:10]}"
     return Path(output) / "fits" / law / f"{safe}.nc"
+
+
+def check_output_names(job) -> None:
+    """Refuse a job in which two (data set, law) pairs would write one fit file."""
+    seen: dict[Path, tuple[str, str]] = {}
+    for dataset, law in job.units():
+        path = fit_path(job.output, dataset, law)
+        if path in seen:
+            raise JobError(f"data sets {seen[path][0]!r} and {dataset!r} would both be saved as {path}; rename one")
+        seen[path] = (dataset, law)
+
+
+def finished(row: Mapping[str, Any]) -> bool:
+    """Whether a manifest row is final: a fit, or an error that a rerun would repeat (the data failed
+    validation). Other errors (a full disk, a crash in the batch) are retried on resume."""
+    if row.get("status") == "ok":
+        return True
+    if "retry" in row:
+        return not row["retry"]
+    return str(row.get("error", "")).startswith("DataError")  # rows written before the "retry" field
 
 
 # ---- one shard: data sets of one law, fitted together ----
@@ -300,7 +345,8 @@ def _evidence(fit) -> dict[str, Any]:
 
 def error_row(dataset: str, law: str, err: BaseException) -> dict[str, Any]:
     message = f"{type(err).__name__}: {err}"
-    return {"dataset": dataset, "law": law, "status": "error", "error": message, "converged": False}
+    return {"dataset": dataset, "law": law, "status": "error", "error": message, "converged": False,
+            "retry": not isinstance(err, DataError)}
 
 
 def run_shard(job: Job, law: str, names: Sequence[str]) -> list[dict[str, Any]]:
@@ -358,7 +404,7 @@ def plan(job: Job, done: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
     """Shards still to run: (law, data set names), `shard_size` at a time, finished fits left out."""
     shards = []
     for law in job.laws:
-        todo = [name for name in job.datasets if unit_key(name, law) not in done]
+        todo = [name for name in job.datasets if not (unit_key(name, law) in done and finished(done[unit_key(name, law)]))]
         shards += [(law, todo[i:i + job.shard_size]) for i in range(0, len(todo), job.shard_size)]
     return shards
 
@@ -384,9 +430,51 @@ def run_job(job: Job | str | Path, *, backend: str = "local", progress: bool = T
     """Run (or resume) a job; returns the summary table (also written to OUTPUT/summary.parquet)."""
     if not isinstance(job, Job):
         job = load_job(job)
+    check_output_names(job)
     job.output.mkdir(parents=True, exist_ok=True)
+    with output_lock(job.output):
+        return _run_locked(job, backend, progress, runner, backend_options)
+
+
+@contextlib.contextmanager
+def output_lock(output: Path):
+    """Hold OUTPUT/.lock for the job's lifetime; a second instance on the same folder gets a JobError."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = Path(output) / ".lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise JobError(f"another bayescale job is running on {output} (lock {path} held by {holder}); wait for "
+                           f"it to finish or give this job another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_stale_temporaries(output: Path) -> list[Path]:
+    """Temporary files of saves that a kill interrupted (the lock guarantees no save is running)."""
+    stale = [*Path(output).glob("fits/*/*.tmp"), *Path(output).glob("*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _run_locked(job: Job, backend: str, progress: bool, runner, backend_options) -> JobResult:
+    _remove_stale_temporaries(job.output)
     done = read_manifest(job.output)
-    skipped = sum(unit_key(*u) in done for u in job.units())
+    skipped = sum(unit_key(*u) in done and finished(done[unit_key(*u)]) for u in job.units())
     shards = plan(job, done)
     total = sum(len(names) for _, names in shards)
 

@@ -243,3 +243,82 @@ def test_ray_backend_gives_the_local_summary(killed_and_resumed, tmp_path):
         local.summary.drop(columns=drop).reset_index(drop=True),
         rtol=1e-6,
     )
+
+
+# ---- jobs: names, types, locks and resumes (no fitting: a stand-in runner records what it was asked) ----
+
+
+def _named_job(tmp_path, names, values=None):
+    """A job over data sets named `names` (group_by values `values`, default the names)."""
+    rows = []
+    for name in (values if values is not None else names):
+        t = simulate_chinchilla(num_runs=6, seed=1)
+        t.insert(0, "set", [name] * len(t))
+        rows.append(t)
+    table = pd.concat(rows, ignore_index=True)  # in memory: keeps the column's Python types, as CSV would not
+    spec = {"data": {"table": table, "group_by": "set"}, "laws": ["chinchilla"], "output": str(tmp_path / "out")}
+    from bayescale import jobs
+
+    return jobs.job_from_mapping(spec)
+
+
+def test_names_that_share_a_slug_get_their_own_fit_files(tmp_path):
+    from bayescale.jobs import fit_path
+
+    names = ["a b", "a_b", "a/b", "a?b", ".."]
+    paths = {fit_path(tmp_path, n, "chinchilla") for n in names}
+    assert len(paths) == len(names)
+    assert fit_path(tmp_path, "s1", "chinchilla").name == "s1.nc"  # safe names keep their file name
+    assert all(p.parent == tmp_path / "fits" / "chinchilla" for p in paths)
+
+
+def test_group_values_that_print_the_same_are_refused(tmp_path):
+    from bayescale.jobs import JobError
+
+    with pytest.raises(JobError, match=r"print the same.*'1'.*\(int\).*\(str\)"):
+        _named_job(tmp_path, None, values=[1, "1"])
+
+
+def _recording_runner(calls, fail=()):
+    from bayescale.jobs import error_row
+
+    def runner(job, shards):
+        for law, names in shards:
+            calls.append(list(names))
+            rows = []
+            for name in names:
+                if name in fail:
+                    rows.append(error_row(name, law, fail[name]))
+                else:
+                    rows.append({"dataset": name, "law": law, "status": "ok", "error": "", "converged": True})
+            yield rows
+
+    return runner
+
+
+def test_resume_retries_errors_but_not_invalid_data_and_cleans_killed_saves(tmp_path):
+    from bayescale.runs import DataError
+
+    job = _named_job(tmp_path, ["s0", "s1", "s2"])
+    calls = []
+    failures = {"s1": OSError("No space left on device"), "s2": DataError("column 'loss': not positive at rows [3]")}
+    first = run_job(job, progress=False, runner=_recording_runner(calls, failures))
+    assert calls == [["s0", "s1", "s2"]] and (first.summary["status"] == ["ok", "error", "error"]).all()
+    stale = job.output / "fits" / "chinchilla" / "s0.nc.tmp"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half a file")
+    second = run_job(job, progress=False, runner=_recording_runner(calls))
+    assert calls[1] == ["s1"]  # the transient error is retried; the invalid data set is not
+    assert second.skipped == 2 and not stale.exists()
+    assert list(second.summary.set_index("dataset")["status"]) == ["ok", "ok", "error"]
+
+
+def test_a_second_instance_on_the_same_output_stops_with_a_message(tmp_path):
+    from bayescale.jobs import JobError, output_lock
+
+    job = _named_job(tmp_path, ["s0"])
+    job.output.mkdir(parents=True)
+    with output_lock(job.output):
+        with pytest.raises(JobError, match="another bayescale job is running"):
+            run_job(job, progress=False, runner=_recording_runner([]))
+    assert run_job(job, progress=False, runner=_recording_runner([])).fitted_now == 1  # released afterwards

@@ -106,8 +106,15 @@ def test_inverted_levels_and_unknown_point_keys_are_user_errors(fitted, capsys):
 def test_prior_parsing():
     name, prior = parse_prior("alpha=LogNormal(-1.2, 0.5)")
     assert name == "alpha" and float(prior.loc) == -1.2 and float(prior.scale) == 0.5
-    with pytest.raises(ValueError, match="not a numpyro distribution"):
+    with pytest.raises(ValueError, match="is not one of the distributions a prior may use"):
         parse_prior("alpha=__import__('os').system('true')")
+    # Callables of numpyro.distributions that are not on the allow-list, syntax errors, non-numbers and
+    # invalid arguments each get a one-line message naming the --prior.
+    for text, message in [("alpha=TransformedDistribution(1, 2)", "not one of"), ("alpha=LogNormal(", "not a distribution call"),
+                          ("alpha=Normal('a', 1)", "must be numbers"), ("alpha=HalfNormal(-1)", "invalid"),
+                          ("=Normal(0, 1)", "expected NAME=Distribution")]:
+        with pytest.raises(ValueError, match=message):
+            parse_prior(text)
 
 
 @pytest.mark.slow  # a batch program of its own (~45 s cold); the default run checks backtests in test_backtest.py
