@@ -106,7 +106,7 @@ def test_inverted_levels_and_unknown_point_keys_are_user_errors(fitted, capsys):
 def test_prior_parsing():
     name, prior = parse_prior("alpha=LogNormal(-1.2, 0.5)")
     assert name == "alpha" and float(prior.loc) == -1.2 and float(prior.scale) == 0.5
-    with pytest.raises(ValueError, match="is not one of the distributions a prior may use"):
+    with pytest.raises(ValueError, match="not a distribution call"):
         parse_prior("alpha=__import__('os').system('true')")
     # Callables of numpyro.distributions that are not on the allow-list, syntax errors, non-numbers and
     # invalid arguments each get a one-line message naming the --prior.
