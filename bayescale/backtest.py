@@ -23,7 +23,7 @@ relative error of the median, and the extrapolation factor (the run's `by` over 
 leave-future-out alternative to PSIS-LOO's, which measures interpolation, not extrapolation.
 
 Refits run through the batch engine (`bayescale.batch.fit_batch`): the folds of one law are one padded,
-vmapped program, so a rolling backtest costs about one compilation. Grouped fits and the "ar1" likelihood
+batched program, so a rolling backtest costs about one compilation. Grouped fits and the "ar1" likelihood
 refit fold by fold with `bayescale.fit.fit`.
 """
 
@@ -348,7 +348,7 @@ def backtest(
     largest runs by `by`), or `holdout` (one fold; default 0.2). `likelihood`, `discrepancy`, `priors`,
     `columns`, `y`, `se`: as in `bayescale.fit`. Sampler: `settings`, or `num_warmup`/`num_samples`/
     `num_chains`; `retries` as in `bayescale.fit` (refits that fail their checks are rerun, in batches together
-    in a second vmapped pass). Every refit uses `seed`. `datasets`: a column naming independent data sets in one table
+    in a second batched pass). Every refit uses `seed`. `datasets`: a column naming independent data sets in one table
     (each gets its own folds; all folds of a law are refitted in one batched program).
     """
     from bayescale.fit import Fit, _check_prior_names

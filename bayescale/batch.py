@@ -1,10 +1,10 @@
-"""Many data sets of one law in one compiled program: padded, masked, vmapped MAP and NUTS.
+"""Many data sets of one law in one compiled program: padded, masked, batched MAP and NUTS.
 
 `fit_batch(runs_list, law)` stacks the data sets into arrays of a common number of runs (`stack_runs`: each
 data set is padded with copies of its own first run and a `mask` marks the real ones; the model's
 likelihood, `data_stats` and the `Param.pivot` references all honour the mask, so a padded data set has the
 same posterior as the unpadded one), then runs the engine's one sampler,
-`bayescale.inference.sample_posterior`, `jax.vmap`ped over data sets: the same pure functions (MAP from
+`bayescale.inference.sample_posterior`, mapped over data sets: the same pure functions (MAP from
 prior starts, warm-up, draws in fixed-size chunks) that `fit()` calls unvmapped.
 
 Keys follow `fit()`: data set i with seed s uses PRNGKey(s), so a batch and a single fit of the same data and
@@ -19,9 +19,11 @@ so `save`/`load`/`summary`/`predict` work on it.
 
 Devices: when JAX sees several local devices (GPUs, or the host "devices" `bayescale.compilation` asks XLA
 for on CPU), the data-set axis is sharded over them with `jax.sharding` (a 1-D mesh; the batch is padded to
-a multiple of the device count with copies of its last data set, dropped afterwards). Nothing in the program
-is CPU-specific. Vmapped NUTS runs the chains of all data sets in lockstep: each step costs the longest
-trajectory in the batch (../shared/STACK.md), so very heterogeneous batches pay for their slowest member.
+a multiple of the device count with copies of its last data set, dropped afterwards). On each device the data
+sets run one after another (`batch_method="sequential"`, the CPU default) or vmapped ("vectorized", the GPU
+and TPU default): vmapped NUTS runs the chains of all data sets in lockstep, each step costing the longest
+trajectory in the batch (../shared/STACK.md), which on CPU made a batch 10x slower per data set than
+running them in turn (`bayescale.inference.batch_method`).
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def stack_runs(runs_list: Sequence[Runs], num_runs: int | None = None) -> Stacke
     )
 
 
-# ---- the vmapped program ----
+# ---- the batched program ----
 
 
 @partial(jax.jit, static_argnames=("model", "num_prior_draws", "conditional"))
@@ -139,13 +141,14 @@ def _pad_batch(tree, total: int):
 
 def _shard_inputs(inputs, count: int, shard: bool):
     """Pad the data-set axis to a multiple of the local device count and shard it over the devices (a batch
-    of 3 on 4 devices runs as 4, so small batches of any size share one compiled program)."""
+    of 3 on 4 devices runs as 4, so small batches of any size share one compiled program). Returns the
+    inputs and the number of devices they are spread over."""
     sharding = data_sharding(count) if shard else None
     if sharding is None:
-        return inputs, count
+        return inputs, 1
     devices = sharding.mesh.size
     total = -(-count // devices) * devices
-    return jax.device_put(_pad_batch(inputs, total), sharding), count
+    return jax.device_put(_pad_batch(inputs, total), sharding), devices
 
 
 def unpadded(samples: Mapping[str, np.ndarray], i: int, num_runs: int) -> dict[str, np.ndarray]:
@@ -233,9 +236,9 @@ class BatchFit:
             args, kwargs = self.stacked.model_inputs()
             flat = {k: v.reshape(v.shape[0], -1, *v.shape[3:]) for k, v in self.samples.items()}
             keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(self.seeds))
-            inputs, count = _shard_inputs((keys, flat, args, kwargs), len(self), self.shard)
+            inputs, _ = _shard_inputs((keys, flat, args, kwargs), len(self), self.shard)
             out = _predictive_many(model, *inputs, self.num_prior_draws, self.likelihood.discrepancy is not None)
-            self._predictive = jax.tree.map(lambda a: np.asarray(a)[:count], out)
+            self._predictive = jax.tree.map(lambda a: np.asarray(a)[:len(self)], out)
         return self._predictive
 
     def member_samples(self, i: int) -> dict[str, np.ndarray]:
@@ -292,16 +295,20 @@ def fit_batch(
     shard: bool = True,
     chunk_size: int | None = 256,
     retries: Any = None,
+    batch_method: str = "auto",
 ) -> BatchFit:
     """Fit `law` to every data set in `runs_list` (validated `Runs`, e.g. from `runs_from_table`) in one
-    vmapped program. `likelihood` and `discrepancy`: as in `bayescale.fit`. `seeds`: one per data set, or an int s giving data set i the seed s + i. `num_runs`: pad
+    compiled program. `likelihood` and `discrepancy`: as in `bayescale.fit`. `seeds`: one per data set, or an int s giving data set i the seed s + i. `num_runs`: pad
     to this many runs (a fixed width lets batches of different data share one compiled program).
     `shard`: split the data sets over all local devices when there are several. `chunk_size`: at most this
     many data sets per call of the compiled program (the last chunk padded to it, so one compilation serves
     all chunks); memory then stays that of one chunk, whatever the batch size (measured on CPU: ~2 GB peak
     for 100 Chinchilla data sets x 4 chains x 500 + 500, 14 GB for 1,000 in one call). None: one call.
     `retries`: as in `bayescale.fit`; the data sets that fail their checks are refitted together in a second
-    vmapped pass with escalated settings (same number of draws), and `attempts[i]` says what was done."""
+    pass with escalated settings (same number of draws), and `attempts[i]` says what was done.
+    `batch_method`: how the data sets on one device run, "sequential" (one after another) or "vectorized"
+    (vmapped, in lockstep); "auto" picks vectorized on GPU/TPU and sequential on CPU
+    (`bayescale.inference.batch_method`, with the measurement behind it)."""
     from bayescale.fit import _check_prior_names
 
     law = get_law(law)
@@ -322,7 +329,7 @@ def fit_batch(
     program = program_for(model, *jax.tree.map(lambda a: a[0], (args, kwargs)))
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
 
-    out = _run_chunks(program, settings, map_starts, map_iter, (keys, args, kwargs), chunk_size, shard)
+    out = _run_chunks(program, settings, map_starts, map_iter, (keys, args, kwargs), chunk_size, shard, batch_method)
     diagnostics = batch_diagnostics(out["samples"], out["stats"], thresholds)
 
     # Retries (`bayescale.retries`): the data sets that failed their checks are refitted together, in one more
@@ -343,7 +350,7 @@ def fit_batch(
         current, starts = step.settings, step.map_starts
         retry_keys = jax.vmap(lambda k: jax.random.fold_in(k, attempt))(keys[failed])
         subset = jax.tree.map(lambda a: a[failed], (args, kwargs))
-        again = _run_chunks(program, current, starts, map_iter, (retry_keys, *subset), chunk_size, shard)
+        again = _run_chunks(program, current, starts, map_iter, (retry_keys, *subset), chunk_size, shard, batch_method)
         redone = batch_diagnostics(again["samples"], again["stats"], thresholds)
         out = jax.tree.map(lambda whole, part: _put(whole, failed, part), out, again)
         for j, i in enumerate(failed):
@@ -377,7 +384,7 @@ def _put(whole: np.ndarray, index: np.ndarray, part: np.ndarray) -> np.ndarray:
     return out
 
 
-def _run_chunks(program, settings, map_starts, map_iter, inputs, chunk_size, shard) -> dict:
+def _run_chunks(program, settings, map_starts, map_iter, inputs, chunk_size, shard, method) -> dict:
     """`bayescale.inference.sample_posterior` over (keys, args, kwargs) with a data-set axis, `chunk_size`
     data sets per call (the last chunk padded to it, so every chunk runs the same compiled programs)."""
     count = len(inputs[0])
@@ -386,8 +393,9 @@ def _run_chunks(program, settings, map_starts, map_iter, inputs, chunk_size, sha
     for start in range(0, count, width):
         chunk = jax.tree.map(lambda a: a[start:start + width], inputs)
         size = len(chunk[0])
-        sharded, _ = _shard_inputs(_pad_batch(chunk, width), width, shard)
-        out = sample_posterior(program, settings, *sharded, map_starts=map_starts, map_iter=map_iter, batched=True)
+        sharded, devices = _shard_inputs(_pad_batch(chunk, width), width, shard)
+        out = sample_posterior(program, settings, *sharded, map_starts=map_starts, map_iter=map_iter, batched=True,
+                               batch=method, data_devices=devices)
         pieces.append(jax.tree.map(lambda a: np.asarray(a)[:size], out))
     out = jax.tree.map(lambda *parts: np.concatenate(parts), *pieces) if len(pieces) > 1 else pieces[0]
     out["map_log_density"] = -np.min(out["map_values"], axis=-1)

@@ -184,8 +184,38 @@ def _compiled_settings(settings: SamplerSettings) -> SamplerSettings:
     return dataclasses.replace(settings, num_samples=0)
 
 
-@partial(jax.jit, static_argnames=("program", "settings", "map_starts", "map_iter", "batched"))
-def _start(program, settings, map_starts, map_iter, keys, args, kwargs, batched):
+BATCH_METHODS = ("auto", "sequential", "vectorized")
+
+
+def batch_method(method: str = "auto") -> str:
+    """How a batch runs its data sets on each device: one after another ("sequential", `lax.map`) or in
+    lockstep ("vectorized", `vmap`). "auto": vectorized on GPU and TPU, where lockstep lanes are what the
+    hardware runs well, sequential on CPU, where a vmapped NUTS step waits for the longest trajectory of the
+    whole batch: 200 Chinchilla data sets (50 runs, 4 x 500 + 500) took 0.60 s each vmapped on 2 cores,
+    against 0.17 s each for a loop of single fits (benchmarks/results/core_speed.md)."""
+    if method not in BATCH_METHODS:
+        raise ValueError(f"batch method must be one of {BATCH_METHODS}, got {method!r}")
+    if method != "auto":
+        return method
+    return "vectorized" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "sequential"
+
+
+def _over_data_sets(fn, over_data: tuple[str, int]):
+    """`fn` over a leading data-set axis split over `devices` devices (`over_data` = (method, devices)):
+    vmapped (the input sharding spreads the lanes), or one after another on each device (`shard_map`)."""
+    method, devices = over_data
+    if method == "vectorized":
+        return jax.vmap(fn)
+    one_after_another = lambda *xs: jax.lax.map(lambda x: fn(*x), xs)  # noqa: E731
+    if devices == 1:
+        return one_after_another
+    mesh = Mesh(np.array(jax.local_devices()[:devices]), ("data",))
+    return jax.shard_map(one_after_another, mesh=mesh, in_specs=PartitionSpec("data"),
+                         out_specs=PartitionSpec("data"), check_vma=False)
+
+
+@partial(jax.jit, static_argnames=("program", "settings", "map_starts", "map_iter", "over_data"))
+def _start(program, settings, map_starts, map_iter, keys, args, kwargs, over_data):
     def one(key, args, kwargs):
         key_map, key_nuts, _ = jax.random.split(key, 3)
         mode, values = find_map(program, key_map, args, kwargs, map_starts, map_iter)
@@ -193,32 +223,35 @@ def _start(program, settings, map_starts, map_iter, keys, args, kwargs, batched)
         return states, {"map": program.postprocess_fn_gen(*args, **kwargs)(mode), "map_u": mode,
                         "map_values": values}
 
-    return jax.vmap(one)(keys, args, kwargs) if batched else one(keys, args, kwargs)
+    return one(keys, args, kwargs) if over_data is None else _over_data_sets(one, over_data)(keys, args, kwargs)
 
 
-@partial(jax.jit, static_argnames=("program", "settings", "length", "batched", "devices"))
-def _transitions(program, settings, length, states, args, kwargs, batched, devices):
+@partial(jax.jit, static_argnames=("program", "settings", "length", "over_data", "devices"))
+def _transitions(program, settings, length, states, args, kwargs, over_data, devices):
     one = lambda s, a, k: transitions(program, settings, s, a, k, length, devices)  # noqa: E731
-    return jax.vmap(one)(states, args, kwargs) if batched else one(states, args, kwargs)
+    return one(states, args, kwargs) if over_data is None else _over_data_sets(one, over_data)(states, args, kwargs)
 
 
 def sample_posterior(program: Program, settings: SamplerSettings, key, args, kwargs, *, map_starts: int = 32,
-                     map_iter: int = 500, batched: bool = False) -> dict[str, Any]:
+                     map_iter: int = 500, batched: bool = False, batch: str = "auto",
+                     data_devices: int = 1) -> dict[str, Any]:
     """MAP, warm-up and `settings.num_samples` draws of every chain: the one sampler of the engine.
 
     `key` is split into (MAP, NUTS, predictive) keys, the third left to the caller. `batched`: `key`, `args`
-    and `kwargs` carry a leading data-set axis (possibly sharded over devices) and every output gains it.
-    Returns host arrays: "samples" {site: ([data sets,] chains, draws, ...)}, "stats" likewise (ArviZ
-    sample_stats names), "map" (the MAP in the user's units), "map_u" (unconstrained), "map_values" (final
-    potential energy of every MAP start)."""
+    and `kwargs` carry a leading data-set axis and every output gains it; the data sets run as `batch` says
+    (`batch_method`), split over `data_devices` devices (the inputs sharded over them, as
+    `bayescale.batch` does). Returns host arrays: "samples" {site: ([data sets,] chains, draws, ...)},
+    "stats" likewise (ArviZ sample_stats names), "map" (the MAP in the user's units), "map_u"
+    (unconstrained), "map_values" (final potential energy of every MAP start)."""
+    over_data = (batch_method(batch), int(data_devices)) if batched else None
     compiled = _compiled_settings(settings)
     devices = chain_devices(settings, batched)
     what = f"{len(key)} data sets" if batched else "1 data set"
     progress.report(f"{what}: MAP from {map_starts} starts (compiles first when new)")
-    states, start = _start(program, compiled, map_starts, map_iter, key, args, kwargs, batched)
+    states, start = _start(program, compiled, map_starts, map_iter, key, args, kwargs, over_data)
 
     def run(states):
-        return _transitions(program, compiled, DRAW_CHUNK, states, args, kwargs, batched, devices)
+        return _transitions(program, compiled, DRAW_CHUNK, states, args, kwargs, over_data, devices)
 
     # Warm-up and draws are the same chunked program, so neither count enters a compiled program. Warm-up
     # rounds up to whole chunks: the few transitions past `num_warmup` are valid draws, discarded.

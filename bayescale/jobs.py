@@ -3,7 +3,7 @@
 A job names the data (several files, one data set each, or one table split by a grouping column), the laws,
 the columns, the sampler settings and an output directory (see README, "Batch jobs"). `run_job` plans
 shards (data sets of one law, `shard_size` at a time), fits each shard with `bayescale.batch.fit_batch`
-(one vmapped program), and writes for every fit:
+(one compiled program), and writes for every fit:
 
 - `fits/<law>/<data set>.nc`: the engine's fit file (`bayescale.save`, atomic), so `bayescale summary`,
   `predict`, `load` work on it. A data set name that is not a safe file name is written as its slug plus a
@@ -75,7 +75,7 @@ class Job:
     evidence: bool = False
     allow_repeats: bool = False
     pad_runs: int | None = None  # pad every data set to this many runs (default: the job's largest)
-    retries: int | None = None  # second vmapped passes for failed data sets (bayescale.retries; None: default, one)
+    retries: int | None = None  # second batched passes for failed data sets (bayescale.retries; None: default, one)
     thresholds: Thresholds = Thresholds()
     fail_after: int | None = None  # testing hook: raise after this many fits are recorded (simulated kill)
 

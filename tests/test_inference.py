@@ -120,3 +120,41 @@ def test_a_map_that_is_nowhere_finite_is_an_error_naming_the_law_s_starts():
 def _never_finite(x, stats, y=None, se=None, mask=None):
     scale = numpyro.sample("scale", dist.HalfNormal(1.0))
     numpyro.sample("y", dist.Normal(jnp.log(-scale) * x["x"], 1.0), obs=y)
+
+
+@pytest.mark.parametrize("method", ["sequential", "vectorized"])
+def test_a_batch_gives_each_data_set_its_own_posterior_with_either_method(method):
+    """Three data sets with slopes 0.7, -0.3 and 1.5, split over the local devices: each member's draws
+    match its own exact posterior, whichever way the data sets run on a device."""
+    import jax
+
+    slopes = np.array([0.7, -0.3, 1.5])
+    noise = 0.5 * np.random.default_rng(3).standard_normal((3, 12))
+    ys = slopes[:, None] * X[None, :] + noise
+    devices = 2 if jax.local_device_count() >= 2 else 1
+    count = -(-3 // devices) * devices  # padded to a multiple of the devices, as bayescale.batch does
+    ys_padded = np.concatenate([ys, np.repeat(ys[-1:], count - 3, axis=0)])
+    args, kwargs = (jnp.tile(jnp.asarray(X), (count, 1)),), {"y": jnp.asarray(ys_padded)}
+    if devices > 1:
+        from bayescale.batch import data_sharding
+
+        args, kwargs = jax.device_put((args, kwargs), data_sharding(count))
+    settings = bs.SamplerSettings(num_warmup=200, num_samples=500, num_chains=2)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(count))
+    program = program_for(linear_model, (jnp.asarray(X),), {"y": jnp.asarray(Y)})
+    draws = inference.sample_posterior(program, settings, keys, args, kwargs, batched=True, batch=method,
+                                       data_devices=devices)
+    assert draws["samples"]["slope"].shape == (count, 2, 500)
+    for i in range(3):
+        mean = np.sum(X * ys[i]) / 0.25 / PRECISION
+        slope = draws["samples"]["slope"][i]
+        assert abs(slope.mean() - mean) < 5 * SD / np.sqrt(300), (i, slope.mean(), mean)
+        assert np.isclose(draws["map"]["slope"][i], mean, rtol=1e-4)
+
+
+def test_batch_method_is_checked_and_auto_follows_the_backend():
+    import jax
+
+    assert inference.batch_method("auto") == ("sequential" if jax.default_backend() == "cpu" else "vectorized")
+    with pytest.raises(ValueError, match="batch method must be one of"):
+        inference.batch_method("threads")
