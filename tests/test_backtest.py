@@ -127,7 +127,6 @@ def grouped_noise_ladders(count: int, seed: int = 0) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-@pytest.mark.slow  # a vmapped walk program compiled for 4 ladders: ~55-75 s of the default tier's 10 minutes
 def test_the_default_covers_larger_runs_of_ladders_with_structured_residuals(package_defaults):
     # The default forecast (the random-walk discrepancy). Measured at scale (benchmarks/results/
     # calibration_backtest.md, 8 ladders x 3 cuts): independent noise covers 61% of these held-out runs with
