@@ -398,5 +398,6 @@ def _run_chunks(program, settings, map_starts, map_iter, inputs, chunk_size, sha
                                batch=method, data_devices=devices)
         pieces.append(jax.tree.map(lambda a: np.asarray(a)[:size], out))
     out = jax.tree.map(lambda *parts: np.concatenate(parts), *pieces) if len(pieces) > 1 else pieces[0]
-    out["map_log_density"] = -np.min(out["map_values"], axis=-1)
+    # One value per data set: the per-start values have as many columns as MAP starts, which a retry changes.
+    out["map_log_density"] = -np.min(out.pop("map_values"), axis=-1)
     return {**out, "samples": dict(out["samples"])}

@@ -119,17 +119,18 @@ def chain_devices(settings: SamplerSettings, batched: bool) -> int:
     return max(d for d in range(1, settings.num_chains + 1) if settings.num_chains % d == 0 and d <= available)
 
 
-def _over_chains(fn, settings: SamplerSettings, devices: int = 1):
-    """`fn` over a leading chain axis: in lockstep ("vectorized"), or one chain after another on each of
-    `devices` devices (the chain axis split over them with `shard_map`, every chain independent)."""
-    if chain_method(settings) == "vectorized":
+def over_leading_axis(fn, method: str, devices: int = 1, axis_name: str = "items"):
+    """`fn` over the leading axis of its arguments (chains, or data sets): in lockstep (`method`
+    "vectorized": vmap; an input sharding spreads the lanes over devices), or one item after another on each
+    of `devices` devices (the axis split over them with `shard_map`, every item independent)."""
+    if method == "vectorized":
         return jax.vmap(fn)
     one_after_another = lambda *xs: jax.lax.map(lambda x: fn(*x), xs)  # noqa: E731
     if devices == 1:
         return one_after_another
-    mesh = Mesh(np.array(jax.local_devices()[:devices]), ("chain",))
-    return jax.shard_map(one_after_another, mesh=mesh, in_specs=PartitionSpec("chain"),
-                         out_specs=PartitionSpec("chain"), check_vma=False)
+    mesh = Mesh(np.array(jax.local_devices()[:devices]), (axis_name,))
+    return jax.shard_map(one_after_another, mesh=mesh, in_specs=PartitionSpec(axis_name),
+                         out_specs=PartitionSpec(axis_name), check_vma=False)
 
 
 def start_chains(program: Program, settings: SamplerSettings, key, mode, args, kwargs):
@@ -166,7 +167,7 @@ def transitions(program: Program, settings: SamplerSettings, states, args, kwarg
 
         return jax.lax.scan(transition, state, None, length=length)
 
-    states, (z, diverging, energy, potential, num_steps, accept_prob, step_size) = _over_chains(one, settings, devices)(states)
+    states, (z, diverging, energy, potential, num_steps, accept_prob, step_size) = over_leading_axis(one, chain_method(settings), devices, "chain")(states)
     samples = jax.vmap(jax.vmap(program.postprocess_fn_gen(*args, **kwargs)))(z)
     stats = {"diverging": diverging, "energy": energy, "lp": -potential, "n_steps": num_steps,
              "acceptance_rate": accept_prob, "step_size": step_size}
@@ -201,17 +202,10 @@ def batch_method(method: str = "auto") -> str:
 
 
 def _over_data_sets(fn, over_data: tuple[str, int]):
-    """`fn` over a leading data-set axis split over `devices` devices (`over_data` = (method, devices)):
-    vmapped (the input sharding spreads the lanes), or one after another on each device (`shard_map`)."""
+    """`fn` over a leading data-set axis; `over_data` = (method, devices), the axis named "data" as in
+    `bayescale.batch.data_sharding`, whose sharding of the inputs it matches."""
     method, devices = over_data
-    if method == "vectorized":
-        return jax.vmap(fn)
-    one_after_another = lambda *xs: jax.lax.map(lambda x: fn(*x), xs)  # noqa: E731
-    if devices == 1:
-        return one_after_another
-    mesh = Mesh(np.array(jax.local_devices()[:devices]), ("data",))
-    return jax.shard_map(one_after_another, mesh=mesh, in_specs=PartitionSpec("data"),
-                         out_specs=PartitionSpec("data"), check_vma=False)
+    return over_leading_axis(fn, method, devices, "data")
 
 
 @partial(jax.jit, static_argnames=("program", "settings", "map_starts", "map_iter", "over_data"))
