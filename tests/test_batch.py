@@ -64,10 +64,11 @@ def test_padding_leaves_the_log_density_unchanged(batch):
     assert not np.isclose(float(plain), float(unmasked))
 
 
-@pytest.mark.slow  # a fit() compile on top of the batch one: over the 90 s default budget
 def test_batch_posterior_equals_single_fit_to_monte_carlo_error(batch, single):
-    """The padded batch member and fit() of the same runs and seed: the same MAP (same starts, same
-    objective) and posterior means within 4 Monte Carlo standard errors (sd / sqrt(ESS) of each, combined)."""
+    """One program with itself at batch sizes N and 1: the padded batch member and fit() of the same runs and
+    seed (the same pure functions of `bayescale.inference`, mapped over data sets or called alone) have the
+    same MAP (same starts, same objective) and posterior means within 4 Monte Carlo standard errors (sd /
+    sqrt(ESS) of each, combined)."""
     for name, value in single.map.items():
         assert np.isclose(batch.map[name][1], value, rtol=1e-4), name
     one = batch.fit(1)
@@ -79,7 +80,6 @@ def test_batch_posterior_equals_single_fit_to_monte_carlo_error(batch, single):
         assert np.isclose(a.std(), b.std(), rtol=0.25), name
 
 
-@pytest.mark.slow  # a second compilation, for chunks of 2
 def test_chunks_give_the_posteriors_of_one_call(batch):
     """fit_batch in chunks of 2 (memory bound for large batches): the same MAP per data set, and posterior
     means within 4 Monte Carlo standard errors of the one-call batch."""
@@ -176,7 +176,6 @@ def killed_and_resumed(tmp_path_factory):
     return job, after_kill, result
 
 
-@pytest.mark.slow  # two more batches of the shared program plus saving: over the default budget
 def test_killed_job_resumes_with_every_fit_exactly_once(killed_and_resumed):
     job, after_kill, result = killed_and_resumed
     assert len(after_kill) == 2  # the first shard (s0, broken) was recorded before the kill
@@ -189,7 +188,6 @@ def test_killed_job_resumes_with_every_fit_exactly_once(killed_and_resumed):
     assert sorted(p.stem for p in (job.output / "fits" / "chinchilla").glob("*.nc")) == ["s0", "s1", "s2"]
 
 
-@pytest.mark.slow  # two more batches of the shared program plus saving: over the default budget
 def test_bad_data_set_is_reported_and_others_finish(killed_and_resumed):
     _, _, result = killed_and_resumed
     summary = result.summary.set_index("dataset")
@@ -205,7 +203,6 @@ def test_bad_data_set_is_reported_and_others_finish(killed_and_resumed):
     assert ((ok["predict0_new_run_q5"] < ok["predict0_mean_q50"]) & (ok["predict0_mean_q50"] < ok["predict0_new_run_q95"])).all()
 
 
-@pytest.mark.slow  # two more batches of the shared program plus saving: over the default budget
 def test_job_fit_files_load_and_match_summary(killed_and_resumed):
     job, _, result = killed_and_resumed
     row = result.summary.set_index("dataset").loc["s1"]
