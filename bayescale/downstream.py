@@ -55,6 +55,7 @@ from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, wa
 from bayescale.inference import SamplerSettings, program_for, sample_posterior, scalar_sites
 from bayescale.law import Law, PriorSpec, data_stats, get_law, laws, resolve_prior
 from bayescale.likelihood import Likelihood, as_likelihood
+from bayescale.map_estimate import check_map_values
 from bayescale.metric_likelihood import MetricLikelihood
 from bayescale.model import pointwise_log_likelihood, prior_draws, sample_params
 from bayescale.runs import DataError, _rows, points_from_mapping, read_table, runs_from_table
@@ -554,9 +555,7 @@ def fit_downstream(
     args, kwargs = model_inputs(runs, metric_likelihood)
     key = jax.random.PRNGKey(seed)
     draws = sample_posterior(program_for(model, args, kwargs), settings, key, args, kwargs, map_starts=map_starts)
-    if not np.isfinite(draws["map_values"]).any():
-        raise FloatingPointError("MAP failed: the log density is not finite at any of the prior's starts; check "
-                                 "the priors and the data")
+    check_map_values(draws["map_values"], what=f"MAP of the downstream chain {loss_law.name!r} -> {link.name!r}")
     dt = _to_datatree(draws, model, spec, args, kwargs, runs, jax.random.split(key, 3)[2], num_prior_draws)
     diagnostics = check_convergence(dt, params=_checked_params(dt), thresholds=thresholds)
     warn_if_not_converged(diagnostics, what=f"downstream fit of {loss_law.name!r} -> {link.name!r}")

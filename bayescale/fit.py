@@ -23,6 +23,7 @@ import pandas as pd
 
 from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged, weakly_identified
 from bayescale.inference import SamplerSettings, program_for, sample_posterior, scalar_sites
+from bayescale.map_estimate import check_map_values
 from bayescale.law import Law, PriorSpec, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.misfit import Misfit, MisfitWarning, applies as misfit_applies, check_misfit, warn_if_misfit
@@ -259,7 +260,7 @@ def fit(
         # folds in its number, as `bayescale.batch` does for its members.
         key = jax.random.PRNGKey(seed) if attempt == 0 else jax.random.fold_in(jax.random.PRNGKey(seed), attempt)
         draws = sample_posterior(program, settings, key, args, kwargs, map_starts=map_starts)
-        _check_map(draws["map_values"], law)
+        check_map_values(draws["map_values"], what=f"MAP of law {law.name!r}")
         dt = to_datatree(draws, model, args, kwargs, runs, jax.random.split(key, 3)[2],
                          prior_draw_count=num_prior_draws, conditional=likelihood.discrepancy is not None)
         names = [n for n in dt.posterior.data_vars if not str(n).startswith("_")]
@@ -294,12 +295,6 @@ def fit(
         misfit=misfit,
         attempts=attempts,
     )
-
-
-def _check_map(start_values, law: Law) -> None:
-    if not np.isfinite(np.asarray(start_values)).any():
-        raise FloatingPointError(f"MAP of law {law.name!r} failed: the log density is not finite at any of the "
-                                 f"prior's starts; check the priors and the data")
 
 
 def _check_group_sizes(runs: Runs, law: Law, grouping: Grouping) -> None:

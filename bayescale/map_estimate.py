@@ -66,6 +66,13 @@ def find_map(program: Program, key, args, kwargs, num_starts: int, max_iter: int
     return mode, values
 
 
+def check_map_values(start_values, what: str = "MAP") -> None:
+    """Raise when no MAP start reached a finite log density: sampling from there would be meaningless."""
+    if not np.isfinite(np.asarray(start_values)).any():
+        raise FloatingPointError(f"{what} failed: the log density is not finite at any of the prior's starts; "
+                                 f"check the priors and the data")
+
+
 @partial(jax.jit, static_argnames=("program", "num_starts", "max_iter"))
 def _find_map(program, key, args, kwargs, num_starts, max_iter):
     mode, values = find_map(program, key, args, kwargs, num_starts, max_iter)
@@ -93,8 +100,7 @@ def map_estimate(
     program = program_for(model, model_args, model_kwargs)
     best_u, constrained, values = _find_map(program, key, model_args, dict(model_kwargs), num_starts, max_iter)
     values = np.asarray(values)
-    if not np.isfinite(values).any():
-        raise FloatingPointError("MAP failed: the log density is not finite at any start; check the priors and data")
+    check_map_values(values)
     return MapResult(
         params={
             k: float(np.asarray(v)) for k, v in constrained.items() if not k.startswith("_") and np.ndim(v) == 0
