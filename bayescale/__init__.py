@@ -39,6 +39,7 @@ _EXPORTS = {
     "bayescale.compare": ("compare", "format_notes"),
     "bayescale.averaging": ("average_downstream", "average_predict"),
     "bayescale.backtest": ("Backtest", "backtest"),
+    "bayescale.batch": ("BatchFit", "fit_batch"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -45,7 +45,7 @@ from bayescale.inference import SamplerSettings
 from bayescale.law import Law, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.predictive import predictive_draws
-from bayescale.runs import DataError, Runs, read_table, resolve_inputs, runs_from_table
+from bayescale.runs import DataError, Runs, boolean_column, read_table, resolve_inputs, runs_from_table, split_datasets
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
@@ -118,16 +118,7 @@ def folds_for(runs: Runs, law: Law, *, by: str | None = None, holdout: float | i
 
 def mask_from_column(table: pd.DataFrame, column: str) -> np.ndarray:
     """A boolean hold-out column (True / 1 = held out); any other value is an error naming the rows."""
-    if column not in table.columns:
-        raise DataError(f"hold-out column {column!r} is not in the table; columns are: {', '.join(map(str, table.columns))}")
-    values = table[column]
-    if values.dtype == bool:
-        return values.to_numpy()
-    ok = values.isin([0, 1, True, False]) & values.notna()
-    if not ok.all():
-        rows = ", ".join(str(v) for v in table.index[~ok.to_numpy()][:8])
-        raise DataError(f"hold-out column {column!r} must hold booleans (True = held out) or 0/1; other values at rows {rows}")
-    return values.astype(bool).to_numpy()
+    return boolean_column(table, column, "hold-out", "True = held out")
 
 
 def subset(runs: Runs, keep: np.ndarray) -> Runs:
@@ -145,28 +136,6 @@ def subset(runs: Runs, keep: np.ndarray) -> Runs:
         groups=None if runs.groups is None else runs.groups[keep],
         prev=prev,
     )
-
-
-def split_datasets(table: pd.DataFrame, column: str | None) -> dict[Any, pd.DataFrame]:
-    """The table's independent data sets by `column` (None: the whole table as one). Values are kept as they
-    are: 1 and "1" are different data sets, and an empty value is an error."""
-    if column is None:
-        return {None: table}
-    if column not in table.columns:
-        raise DataError(f"data-set column {column!r} is not in the table; columns are: {', '.join(map(str, table.columns))}")
-    missing = table[column].isna().to_numpy()
-    if missing.any():
-        rows = ", ".join(str(v) for v in table.index[missing][:8])
-        raise DataError(f"data-set column {column!r} is empty at rows {rows}")
-    keys = [(type(v).__name__, v) for v in table[column]]
-    out: dict[Any, list[int]] = {}
-    for position, key in enumerate(keys):
-        out.setdefault(key, []).append(position)
-    names = [value for _, value in out]
-    if len({str(v) for v in names}) != len(names):
-        raise DataError(f"data-set column {column!r} holds values that print alike but differ in type "
-                        f"({sorted(map(repr, names))}); make them one type")
-    return {value: table.iloc[positions] for (_, value), positions in out.items()}
 
 
 # ---- scores ----
@@ -190,11 +159,17 @@ def crps_from_draws(draws: np.ndarray, y: np.ndarray) -> np.ndarray:
     return first - spread
 
 
-def score_draws(new_run: np.ndarray, y: np.ndarray, levels: Sequence[float] = LEVELS) -> pd.DataFrame:
-    """Scores of forecast draws of a new run (draws, points) against the observed y (points,), on the log scale."""
-    log_draws, log_y = np.log(new_run), np.log(y)
+def score_draws(new_run: np.ndarray, y: np.ndarray, levels: Sequence[float] = LEVELS, scale: str = "log") -> pd.DataFrame:
+    """Scores of forecast draws of a new run (draws, points) against the observed y (points,), on the
+    likelihood's scale: log for a positive output, raw (output units) for a signed one (`Law.output_scale`)."""
+    if scale == "raw":
+        log_draws, log_y = np.asarray(new_run, float), np.asarray(y, float)
+    else:
+        log_draws, log_y = np.log(new_run), np.log(y)
     median = np.median(new_run, axis=0)
-    out = {"median": median, "rel_error": np.abs(median / y - 1.0), "pit": np.mean(new_run <= y[None, :], axis=0),
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_error = np.abs(median - y) / np.abs(y)
+    out = {"median": median, "rel_error": rel_error, "pit": np.mean(new_run <= y[None, :], axis=0),
            "crps": crps_from_draws(log_draws, log_y)}
     for level in levels:
         low, high = np.quantile(log_draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
@@ -417,7 +392,7 @@ def backtest(
                 key_group, key = jax.random.split(key)
                 samples = {**samples, **group_params(law, grouping, samples, {}, test.groups, key_group)}
             mean, new_run = predictive_draws(law, lik, samples, fitted, test.x, key)
-            scored = score_draws(new_run, test.y, levels)
+            scored = score_draws(new_run, test.y, levels, scale="raw" if lik.raw else "log")
             scored["lpd"] = log_predictive_density(lik, mean, samples, test.y, test.se)
             if fold.by is not None:
                 scored["extrapolation"] = ranking_values(test, law, fold.by) / ranking_values(fitted, law, fold.by).max()

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -45,7 +46,7 @@ from bayescale.law import Law, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.retries import as_retry_policy, attempt_record, escalate
 from bayescale.model import law_model, pointwise_log_likelihood, posterior_predictive_draws, prior_draws
-from bayescale.runs import Runs
+from bayescale.runs import Runs, read_table, runs_from_table, split_datasets
 
 # ---- stacking data sets ----
 
@@ -67,7 +68,7 @@ class Stacked:
         """Batched (args, kwargs) of the model: each leaf has a leading data-set axis."""
         x = {k: jnp.asarray(v) for k, v in self.x.items()}
         y, mask = jnp.asarray(self.y), jnp.asarray(self.mask)
-        stats = jax.vmap(data_stats)(y, mask)
+        stats = jax.vmap(data_stats)(y, mask, x)
         se = None if self.se is None else jnp.asarray(self.se)
         return (x, stats), {"y": y, "se": se, "mask": mask}
 
@@ -218,6 +219,7 @@ class BatchFit:
     # Per data set: its failed attempts (`bayescale.retries.attempt_record`) and the settings of its last run.
     attempts: list[list[dict]] = field(default_factory=list)
     member_settings: list[SamplerSettings] = field(default_factory=list)
+    names: list = field(default_factory=list)  # each data set's name (group value; index for a list of Runs)
     _predictive: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -278,10 +280,33 @@ class BatchFit:
         )
 
 
+def _data_sets(data, law: Law, *, group, columns, y, se, allow_repeats) -> tuple[list, list[Runs]]:
+    """(names, runs) of the data sets of `data`: a table split by `group`, or a list of `Runs` as given."""
+    if isinstance(data, (pd.DataFrame, str, Path)):
+        if group is None:
+            raise ValueError("fit_batch of a table needs group=COLUMN, the column naming each row's data set "
+                             "(one data set: use fit())")
+        parts = split_datasets(read_table(data), group)
+        runs = [runs_from_table(part, law, columns=columns, y=y, se=se, allow_repeats=allow_repeats)
+                for part in parts.values()]
+        return list(parts), runs
+    if group is not None or columns is not None:
+        raise ValueError("group= and columns= read a table; fit_batch was given a list of Runs")
+    runs = list(data)
+    if not all(isinstance(r, Runs) for r in runs):
+        raise TypeError("fit_batch takes a table with group=COLUMN, or a list of Runs (runs_from_table)")
+    return list(range(len(runs))), runs
+
+
 def fit_batch(
-    runs_list: Sequence[Runs],
+    data: Sequence[Runs] | pd.DataFrame | str | Path,
     law: str | Law,
     *,
+    group: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    y: str = "loss",
+    se: str | None = None,
+    allow_repeats: bool = False,
     likelihood: str | Likelihood = "normal",
     discrepancy: Any = "default",
     priors: Mapping[str, Any] | None = None,
@@ -297,8 +322,12 @@ def fit_batch(
     retries: Any = None,
     batch_method: str = "auto",
 ) -> BatchFit:
-    """Fit `law` to every data set in `runs_list` (validated `Runs`, e.g. from `runs_from_table`) in one
-    compiled program. `likelihood` and `discrepancy`: as in `bayescale.fit`. `seeds`: one per data set, or an int s giving data set i the seed s + i. `num_runs`: pad
+    """Fit `law` to every data set of `data` in one compiled program.
+
+    `data`: a table (DataFrame or file) with `group` naming the column whose values split it into data sets,
+    read as `fit()` reads a table (`columns`, `y`, `se`, `allow_repeats`); or a list of validated `Runs`
+    (e.g. from `runs_from_table`). `BatchFit.names` holds each data set's group value, in the order of
+    first appearance. `likelihood` and `discrepancy`: as in `bayescale.fit`. `seeds`: one per data set, or an int s giving data set i the seed s + i. `num_runs`: pad
     to this many runs (a fixed width lets batches of different data share one compiled program).
     `shard`: split the data sets over all local devices when there are several. `chunk_size`: at most this
     many data sets per call of the compiled program (the last chunk padded to it, so one compilation serves
@@ -317,7 +346,7 @@ def fit_batch(
     _check_prior_names(priors, law, likelihood)
     law, likelihood = law.with_priors(priors), likelihood.with_priors(priors)
     settings = settings or SamplerSettings()
-    runs_list = list(runs_list)
+    names, runs_list = _data_sets(data, law, group=group, columns=columns, y=y, se=se, allow_repeats=allow_repeats)
     count = len(runs_list)
     seeds = np.arange(seeds, seeds + count) if np.ndim(seeds) == 0 else np.asarray(seeds, dtype=np.int64)
     if len(seeds) != count:
@@ -375,6 +404,7 @@ def fit_batch(
         shard=shard,
         attempts=attempts,
         member_settings=member_settings,
+        names=names,
     )
 
 

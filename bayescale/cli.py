@@ -343,6 +343,13 @@ def cmd_batch(args) -> int:
     return 0
 
 
+def _likelihood_scale(law) -> str:
+    """Where the law's likelihood lives: "log y" for a positive output, "y" for a signed one."""
+    if law.numpyro_model is not None:
+        return "(own model)"
+    return "log y" if law.output_scale == "log" else "y"
+
+
 def cmd_laws(args) -> int:
     import pandas as pd
 
@@ -350,14 +357,16 @@ def cmd_laws(args) -> int:
 
     catalogue = bs.laws()
     rows = {
-        name: {"inputs": ", ".join(law.inputs), "parameters": ", ".join(law.param_names) or "(numpyro model)",
-               "form": law.form, "reference": law.reference}
+        name: {"inputs": ", ".join(law.inputs), "output": law.output, "scale": _likelihood_scale(law),
+               "zero_allowed": ", ".join(law.nonnegative_inputs),
+               "parameters": ", ".join(law.param_names) or "(numpyro model)",
+               "form": law.form, "reference": law.reference, "description": law.description}
         for name, law in catalogue.items()
     }
     if args.json:
         _json(rows)
     else:
-        _print_table(pd.DataFrame(rows).T[["inputs", "parameters", "form"]])
+        _print_table(pd.DataFrame(rows).T[["inputs", "output", "scale", "form"]])
     return 0
 
 
@@ -380,7 +389,7 @@ def cmd_fit_downstream(args) -> int:
             columns=parse_columns(args.column), items=items, chance=chance, likelihood=args.likelihood,
             metric_likelihood=args.metric_likelihood, pooling=args.pooling,
             shared=[n for item in args.shared or [] for n in item.split(",") if n], run_effect=args.run_effect,
-            num_warmup=args.warmup,
+            finished=args.finished, num_warmup=args.warmup,
             num_samples=args.draws, num_chains=args.chains, seed=args.seed,
         )
     for w in caught:
@@ -414,7 +423,10 @@ def cmd_predict_downstream(args) -> int:
     levels = _levels(args.level_low)
     fits = _load_downstream_fits(args.fits, "the weights")
     if len(fits) == 1:
-        predict = next(iter(fits.values())).predict
+        fit = next(iter(fits.values()))
+
+        def predict(point, seed):
+            return fit.predict(point, seed=seed, error=args.error)
     else:
         # Several chains (different links, same runs): one forecast mixed by stacking or given weights.
         from bayescale.averaging import average_downstream
@@ -426,7 +438,7 @@ def cmd_predict_downstream(args) -> int:
             weights, comparison = "stacking", compare_links(fits, held_out=args.held_out)
 
         def predict(point, seed):
-            return average_downstream(fits, point, weights, comparison=comparison, seed=seed)
+            return average_downstream(fits, point, weights, comparison=comparison, seed=seed, error=args.error)
     predictions = [predict(parse_point(p), seed=args.seed) for p in args.at]
     table = pd.concat([p.quantiles(levels) for p in predictions], ignore_index=True)
     if args.json:
@@ -556,8 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="CSV, TSV or Parquet table: loss-law inputs, a loss column, accuracy columns")
     p.add_argument("--task", action="append", required=True, metavar="COLUMN[,COLUMN...]", help="accuracy column(s) (repeatable)")
     p.add_argument("--law", default="chinchilla", help="loss law")
-    p.add_argument("--link", default="link_exponential", help="link law from loss to metric")
+    p.add_argument("--link", default="link_sigmoid", help="link law from loss to metric (default: link_sigmoid)")
     p.add_argument("--loss", default="loss", help="loss column (empty cells: missing)")
+    p.add_argument("--finished", metavar="COLUMN", help="boolean column: True for finished runs, False for link-only "
+                   "rows (checkpoints whose loss informs the link but not the loss law)")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a loss-law input to a column")
     p.add_argument("--metadata", help="table of task sizes and chance levels (eval_metadata.csv layout)")
     p.add_argument("--metadata-prefix", default="acc_", help="prefix of the task columns not in the metadata names")
@@ -583,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "links) are averaged, by stacking weights unless --weights is given")
     p.add_argument("--weights", metavar="NAME=W,...", help="weights of several fits by file stem (default: stacking)")
     p.add_argument("--held-out", type=int, default=1, help="runs held out for the stacking weights")
+    p.add_argument("--error", action="store_true", help="report errors (1 - accuracy) instead of accuracies")
     p.add_argument("--at", action="append", required=True, metavar="N=...,D=...", help="a point (repeatable)")
     p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (0.05: a 90%% interval)")
     p.add_argument("--seed", type=int, default=0)

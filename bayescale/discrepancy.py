@@ -72,11 +72,12 @@ DEFAULT_DISCREPANCY: str | None = "random_walk"
 
 def default_discrepancy(family: str, grouped: bool = False, law: Law | None = None) -> str | None:
     """The discrepancy a fit gets when none is asked for: the walk for ungrouped normal-likelihood fits of a
-    declared law (not a raw NumPyro model) whose scaling axis is a positive input; none otherwise (see
-    `DEFAULT_DISCREPANCY`)."""
+    declared law (not a raw NumPyro model) with a positive output (log scale) whose scaling axis is a positive
+    input; none otherwise (see `DEFAULT_DISCREPANCY`)."""
     if family != "normal" or grouped:
         return None
-    if law is not None and (law.numpyro_model is not None or law.scaling_axis() in law.nonnegative_inputs):
+    if law is not None and (law.numpyro_model is not None or law.scaling_axis() in law.nonnegative_inputs
+                            or law.output_scale == "raw"):
         return None
     return DEFAULT_DISCREPANCY
 

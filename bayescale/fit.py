@@ -99,7 +99,7 @@ def model_inputs(runs: Runs, mask=None) -> tuple[tuple, dict]:
     """The model's (args, kwargs) for these runs: x and data stats positionally, observations by name."""
     x = {k: jnp.asarray(v) for k, v in runs.x.items()}
     y = None if runs.y is None else jnp.asarray(runs.y)
-    stats = data_stats(y, mask) if y is not None else {}
+    stats = data_stats(y, mask, x) if y is not None else {}
     se = None if runs.se is None else jnp.asarray(runs.se)
     kwargs = {"y": y, "se": se, "mask": mask}
     if runs.prev is not None:
@@ -169,6 +169,19 @@ def datatree_from_draws(*, posterior, sample_stats, log_likelihood, posterior_pr
         coords=coords,
         dims={"y": ["run"], **{k: ["run"] for k in constant}, **param_dims},
     )
+
+
+def _check_walk_axis(runs: Runs, law: Law, likelihood) -> None:
+    """The walk runs along the log of its axis: runs at zero on it (an input the law allows at 0) cannot be
+    placed on it."""
+    from bayescale.discrepancy import axis_name, log_axis
+
+    z = np.asarray(log_axis(law, likelihood.discrepancy, runs.x))
+    bad = ~np.isfinite(z)
+    if bad.any():
+        shown = ", ".join(str(v) for v in runs.labels[bad][:8])
+        raise DataError(f"the random-walk discrepancy runs along log({axis_name(law, likelihood.discrepancy)}), "
+                        f"which is zero at rows {shown}; fit these runs with discrepancy=None")
 
 
 def fit(
@@ -249,6 +262,8 @@ def fit(
             raise ValueError("the random-walk discrepancy is not available for grouped fits yet; fit each group "
                              "with it, or the grouped fit without it (discrepancy=None)")
         _check_group_sizes(runs, law, grouping)
+    if likelihood.discrepancy is not None:
+        _check_walk_axis(runs, law, likelihood)
     model = model_for(law, likelihood, grouping)
     args, kwargs = model_inputs(runs)
     program = program_for(model, args, kwargs)

@@ -111,7 +111,11 @@ def group_stats(y: np.ndarray, codes: np.ndarray, num_groups: int) -> dict[str, 
 
 
 def _per_group(stats: Mapping) -> dict:
-    return {"y_min": stats["group_y_min"], "y_max": stats["group_y_max"]}
+    # Where the data lie on each input is the whole data set's, shared by the groups.
+    out = {"y_min": stats["group_y_min"], "y_max": stats["group_y_max"]}
+    if "x_log_mean" in stats:
+        out["x_log_mean"] = stats["x_log_mean"]
+    return out
 
 
 def _pivot_shift(law: Law, name: str, values: Mapping, centres: Mapping, x, centre: bool):
@@ -179,6 +183,8 @@ def sample_grouped_params(law: Law, grouping: Grouping, stats: Mapping, x: Mappi
     # The centre of a pooled parameter may lie anywhere a group's value may: its data-dependent bounds are
     # the loosest of the groups' (E_mu below the largest of the groups' smallest losses).
     centre_stats = {"y_min": jnp.max(stats["group_y_min"]), "y_max": jnp.max(stats["group_y_max"])}
+    if "x_log_mean" in stats:
+        centre_stats["x_log_mean"] = stats["x_log_mean"]
     values: dict = {}
     centres: dict = {}
     ordered = [n for n, p in law.params.items() if p.pivot is None] + [n for n, p in law.params.items() if p.pivot]

@@ -44,7 +44,7 @@ import pandas as pd
 
 from bayescale.diagnostics import Thresholds
 from bayescale.inference import SamplerSettings
-from bayescale.runs import DataError, read_table, runs_from_table
+from bayescale.runs import DataError, read_table, runs_from_table, split_datasets
 
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.parquet"
@@ -218,22 +218,11 @@ def _datasets(data: Mapping[str, Any], base: Path) -> dict[str, pd.DataFrame]:
         except DataError as err:
             raise JobError(f"data table {data['table']}: {err}") from None
     column = data["group_by"]
-    if column not in table.columns:
-        raise JobError(f"group_by column {column!r} is not in the data table; columns: {list(table.columns)}")
-    if table[column].isna().any():
-        rows = table.index[table[column].isna()].tolist()[:8]
-        raise JobError(f"group_by column {column!r} is empty at rows {rows}")
-    groups = list(table.groupby(column, sort=False))
-    by_name: dict[str, list] = {}
-    for value, _ in groups:
-        by_name.setdefault(str(value), []).append(value)
-    clashes = {name: values for name, values in by_name.items() if len(values) > 1}
-    if clashes:
-        shown = "; ".join(f"{name!r} from {[f'{v!r} ({type(v).__name__})' for v in values]}"
-                          for name, values in list(clashes.items())[:5])
-        raise JobError(f"group_by column {column!r} holds different values that print the same, which would merge "
-                       f"their data sets: {shown}; give the column a single type")
-    return {str(name): group.drop(columns=[column]) for name, group in groups}
+    try:
+        groups = split_datasets(table, column)
+    except DataError as err:
+        raise JobError(f"group_by: {err}") from None
+    return {str(name): group.drop(columns=[column]) for name, group in groups.items()}
 
 
 # ---- the manifest: which fits are finished ----

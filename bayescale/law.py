@@ -26,6 +26,12 @@ Define a new law in a few lines::
         mean=mean,
     )
 
+What the output is and where the law is defined are declared too: `output_scale="log"` (the default) for a
+positive output with relative scatter, such as a loss (likelihoods on log y); `output_scale="raw"` for a signed
+output that may be zero or negative, such as a difference of losses (likelihoods on y, noise in output units).
+Inputs are positive unless listed in `nonnegative_inputs` (zero allowed: the fine-tuning law at D = 0, an
+annealing area S2 = 0); the mean function must then be finite, with finite gradients, at zero.
+
 A raw NumPyro model can stand in for params/mean: `Law(name=..., inputs=..., numpyro_model=fn)` where
 `fn(x, stats, y=None, se=None, mask=None)` samples its own parameters and an observed site named "y".
 """
@@ -41,6 +47,9 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpyro.distributions as dist
+
+# "log": positive output, likelihood on log y (relative noise); "raw": signed output, likelihood on y.
+OUTPUT_SCALES = ("log", "raw")
 
 PriorSpec = dist.Distribution | Callable[[Mapping[str, Any]], dist.Distribution]
 
@@ -97,12 +106,25 @@ class Law:
     derivations: tuple[Derivation, ...] = ()
     numpyro_model: Callable[..., None] | None = None
     nonnegative_inputs: tuple[str, ...] = ()  # inputs that may be zero (e.g. an annealing area); others must be > 0
+    output_scale: str = "log"
+
+    # `output_scale` declares what the output is: "log" for a positive quantity whose scatter is relative (a
+    # loss, an error rate): the likelihood is on log y and the output must be > 0; "raw" for a signed
+    # quantity (a difference of losses, a normalised score) that may be zero or negative: the likelihood is
+    # on y itself and its noise scale sigma is in output units.
 
     def __post_init__(self):
         if self.numpyro_model is None and (self.mean is None or not self.params):
             raise ValueError(f"law {self.name!r}: give `params` and `mean`, or a `numpyro_model`")
         if not self.inputs:
             raise ValueError(f"law {self.name!r}: declare at least one input")
+        if self.output_scale not in OUTPUT_SCALES:
+            raise ValueError(f"law {self.name!r}: output_scale must be one of {OUTPUT_SCALES}, got {self.output_scale!r}")
+        known = set(self.inputs).union(*(rule.sources for rule in self.all_derivations()))
+        unknown = sorted(set(self.nonnegative_inputs) - known)
+        if unknown:
+            raise ValueError(f"law {self.name!r}: nonnegative_inputs {unknown} are neither its inputs {self.inputs} "
+                             "nor columns its inputs are derived from")
         for name, param in self.params.items():
             if param.pivot is None:
                 continue
@@ -149,15 +171,39 @@ def resolve_prior(prior: PriorSpec, stats: Mapping[str, Any]) -> dist.Distributi
     return prior(stats) if callable(prior) and not isinstance(prior, dist.Distribution) else prior
 
 
-def data_stats(y, mask=None) -> dict[str, Any]:
-    """Summaries of the observed output that data-dependent priors may use (vmappable: jnp only)."""
+def data_stats(y, mask=None, x=None) -> dict[str, Any]:
+    """Summaries of the data that data-dependent priors may use (vmappable: jnp only): the smallest and
+    largest observed output, and with inputs `x` the log geometric mean of each input's positive values
+    (`input_log_mean`: where the data lie on an input, for priors in the input's units)."""
     y = jnp.asarray(y)
     if mask is None:
         mask = jnp.ones(y.shape, bool)
-    return {
+    stats = {
         "y_min": jnp.min(jnp.where(mask, y, jnp.inf)),
         "y_max": jnp.max(jnp.where(mask, y, -jnp.inf)),
     }
+    if x is not None:
+        stats["x_log_mean"] = {name: log_geometric_mean(values, mask) for name, values in x.items()}
+    return stats
+
+
+def log_geometric_mean(values, mask=None):
+    """Mean log of the positive entries of `values` (where `mask`): an input a law allows at zero has no log
+    there, and a zero says nothing about the input's scale."""
+    values = jnp.asarray(values)
+    used = values > 0 if mask is None else jnp.asarray(mask, bool) & (values > 0)
+    logs = jnp.log(jnp.where(used, values, 1.0))
+    return jnp.sum(jnp.where(used, logs, 0.0)) / jnp.maximum(jnp.sum(used), 1)
+
+
+def input_log_mean(stats: Mapping[str, Any], name: str):
+    """log of the geometric mean of input `name` over the data, for a prior in that input's units (a
+    midpoint, a break, an offset). The prior then moves with the data's units instead of assuming one."""
+    found = stats.get("x_log_mean", {})
+    if name not in found:
+        raise KeyError(f"a prior reads where the data lie on input {name!r}, but the data statistics have no "
+                       f"such input (they have {sorted(found)})")
+    return found[name]
 
 
 # ---- the catalogue registry: every Law object defined in a module of bayescale.models ----

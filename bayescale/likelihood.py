@@ -15,6 +15,13 @@ point, not per optimiser step.
 
 The observed site is named "y" and is in output units (LogNormal / exp-transformed Student-t), so posterior
 predictive draws and ArviZ's observed_data are loss values, not logs.
+
+A law whose output is signed (`Law(output_scale="raw")`: a difference of losses, a normalised score, anything
+that may be zero or negative) gets the same families on y itself: Normal(mean, sd) or Student-t(nu, mean, sd)
+with sd = sqrt(se^2 + sigma^2) in output units, and sigma ~ HalfNormal(half the observed output range), a
+prior that moves with the data's units. The scale is the law's declaration (`as_likelihood` copies it), not a
+choice made per fit: it says what kind of quantity the output is. The random-walk discrepancy is defined on the
+log scale and is not offered for raw-scale laws.
 """
 
 from __future__ import annotations
@@ -30,12 +37,19 @@ import numpyro.distributions as dist
 from numpyro.distributions.transforms import ExpTransform
 
 from bayescale.discrepancy import Discrepancy, as_discrepancy, observe_with_walk
-from bayescale.law import PriorSpec, resolve_prior
+from bayescale.law import OUTPUT_SCALES, PriorSpec, resolve_prior
 
 FAMILIES = ("normal", "student_t", "ar1")
 # Residuals of a scaling-law fit on log loss are a few percent at most; HalfNormal(0.1) puts 90% of its mass
 # below 0.16 (16% relative error) and leaves the data to decide within that.
 DEFAULT_SIGMA_PRIOR = dist.HalfNormal(0.1)
+# Raw-scale noise is in output units, which only the data fix: half the observed range puts 90% of the prior
+# below 0.82 x range (a residual sd beyond the whole spread of the outputs is implausible) and is otherwise flat
+# enough on the small residuals of a law that fits.
+def raw_sigma_prior(stats) -> dist.Distribution:
+    return dist.HalfNormal(0.5 * jnp.maximum(stats["y_max"] - stats["y_min"], 1e-12))
+
+
 # Juarez & Steel (2010): Gamma(2, 0.1) on Student-t degrees of freedom, mean 20, weak towards robustness.
 DEFAULT_NU_PRIOR = dist.Gamma(2.0, 0.1)
 # Residual correlation between consecutive logged points of a run: uniform over (-1, 1), no preference.
@@ -60,9 +74,10 @@ class IntegerStudentT(dist.StudentT):
 
 @dataclass(frozen=True)
 class Likelihood:
-    """`family`: "normal", "student_t" or "ar1" on log y. `nu`: Student-t degrees of freedom (None: fitted).
+    """`family`: "normal", "student_t" or "ar1". `nu`: Student-t degrees of freedom (None: fitted).
     `discrepancy`: a `bayescale.discrepancy.Discrepancy` (departures from the law shared by runs of similar
-    scale, growing beyond the data), or None for independent noise around the law."""
+    scale, growing beyond the data), or None for independent noise around the law. `scale`: "log" (on log y)
+    or "raw" (on y); set from the law's `output_scale` by `as_likelihood` (None: not yet resolved, read as log)."""
 
     family: str = "normal"
     nu: float | None = 4.0
@@ -70,15 +85,26 @@ class Likelihood:
     nu_prior: PriorSpec = DEFAULT_NU_PRIOR
     rho_prior: PriorSpec = DEFAULT_RHO_PRIOR
     discrepancy: Discrepancy | None = None
+    scale: str | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"unknown likelihood {self.family!r}; choose one of {', '.join(FAMILIES)}")
+        if self.scale not in (None, *OUTPUT_SCALES):
+            raise ValueError(f"likelihood scale must be one of {OUTPUT_SCALES}, got {self.scale!r}")
         object.__setattr__(self, "discrepancy", as_discrepancy(self.discrepancy))
+        if self.discrepancy is not None and self.raw:
+            raise ValueError("the random-walk discrepancy is defined on log y; a law with a signed output "
+                             "(output_scale='raw') is fitted without it (discrepancy=None)")
         if self.discrepancy is not None and self.family == "ar1":
             raise ValueError("the random-walk discrepancy is integrated out analytically given independent noise "
                              "(normal, or student_t as a scale mixture of normals); the ar1 likelihood's "
                              "correlated residuals are not supported with it. Use discrepancy=None with ar1")
+
+    @property
+    def raw(self) -> bool:
+        """Whether the noise is on y itself (a signed output) rather than on log y."""
+        return self.scale == "raw"
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -112,37 +138,43 @@ class Likelihood:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "nu": self.nu,
+        return {"family": self.family, "nu": self.nu, "scale": self.scale or "log",
                 "discrepancy": None if self.discrepancy is None else self.discrepancy.to_dict()}
 
     # ---- inside a NumPyro model ----
     def sample_noise(self, stats) -> dict[str, Any]:
-        noise = {"sigma": numpyro.sample("sigma", resolve_prior(self.sigma_prior, stats))}
+        sigma_prior = raw_sigma_prior if self.raw and self.sigma_prior is DEFAULT_SIGMA_PRIOR else self.sigma_prior
+        noise = {"sigma": numpyro.sample("sigma", resolve_prior(sigma_prior, stats))}
         if "nu" in self.param_names:
             noise["nu"] = numpyro.sample("nu", resolve_prior(self.nu_prior, stats))
         if "rho" in self.param_names:
             noise["rho"] = numpyro.sample("rho", resolve_prior(self.rho_prior, stats))
         return noise
 
-    @staticmethod
-    def noise_sd(mean, noise: Mapping[str, Any], se=None):
-        """The noise sd of each run on the log scale: sigma, with known errors se added in quadrature (delta
-        method: an output-scale error se is a relative error se / mean)."""
+    def noise_sd(self, mean, noise: Mapping[str, Any], se=None):
+        """The noise sd of each run on the likelihood's scale: sigma, with known errors se added in quadrature
+        (on the log scale by the delta method: an output-scale error se is a relative error se / mean)."""
         sigma = noise["sigma"]
-        return sigma if se is None else jnp.sqrt((se / mean) ** 2 + sigma**2)
+        if se is None:
+            return sigma
+        return jnp.sqrt(se**2 + sigma**2) if self.raw else jnp.sqrt((se / mean) ** 2 + sigma**2)
+
+    def location(self, mean):
+        """The law's mean on the likelihood's scale: log mean, or the mean itself for a raw-scale output."""
+        return mean if self.raw else _log_mean(mean)
 
     def distribution(self, mean, noise: Mapping[str, Any], se=None) -> dist.Distribution:
         sigma = self.noise_sd(mean, noise, se)
-        loc = _log_mean(mean)
+        loc = self.location(mean)
         if self.family in ("normal", "ar1"):  # ar1's marginal: a new run's point on its own
-            return dist.LogNormal(loc, sigma)
+            return dist.Normal(loc, sigma) if self.raw else dist.LogNormal(loc, sigma)
         if "nu" in noise:
             core = dist.StudentT(noise["nu"], loc, sigma)
         elif float(self.nu).is_integer() and self.nu <= 64:
             core = IntegerStudentT(int(self.nu), loc, sigma)
         else:
             core = dist.StudentT(self.nu, loc, sigma)
-        return dist.TransformedDistribution(core, ExpTransform())
+        return core if self.raw else dist.TransformedDistribution(core, ExpTransform())
 
     def observe(self, mean, stats, y=None, se=None, mask=None, prev=None, log_axis=None) -> None:
         """The observed site "y" around `mean`; with a discrepancy, `log_axis` (each run's log scaling axis,
@@ -169,22 +201,23 @@ class Likelihood:
         has_prev = prev >= 0
         before = jnp.where(has_prev, prev, 0)
         scale = jnp.where(has_prev, sigma * jnp.sqrt(1.0 - rho**2), sigma)
-        log_mean = _log_mean(mean)
+        center = self.location(mean)
+        to_output = (lambda v: v) if self.raw else jnp.exp
         if y is None:
             # Replicated curves: residuals drawn run by run in order (prev(i) < i, see `sequence_order`).
-            shocks = jax.random.normal(numpyro.prng_key(), jnp.shape(log_mean)) * scale
+            shocks = jax.random.normal(numpyro.prng_key(), jnp.shape(center)) * scale
 
             def step(residuals, i):
                 r = jnp.where(has_prev[i], rho * residuals[before[i]], 0.0) + shocks[i]
                 return residuals.at[i].set(r), None
 
-            residuals, _ = jax.lax.scan(step, jnp.zeros_like(log_mean), jnp.arange(log_mean.shape[-1]))
-            numpyro.deterministic("y", jnp.exp(log_mean + residuals))
+            residuals, _ = jax.lax.scan(step, jnp.zeros_like(center), jnp.arange(center.shape[-1]))
+            numpyro.deterministic("y", to_output(center + residuals))
             return
-        residuals = jnp.log(y) - log_mean
-        loc = log_mean + jnp.where(has_prev, rho * residuals[before], 0.0)
+        residuals = (y if self.raw else jnp.log(y)) - center
+        loc = center + jnp.where(has_prev, rho * residuals[before], 0.0)
         with numpyro.handlers.mask(mask=True if mask is None else mask):
-            numpyro.sample("y", dist.LogNormal(loc, scale), obs=y)
+            numpyro.sample("y", dist.Normal(loc, scale) if self.raw else dist.LogNormal(loc, scale), obs=y)
 
     # ---- outside a model: a new run at new inputs, given posterior draws ----
     def sample_new(self, key, mean, noise: Mapping[str, Any]):
@@ -209,11 +242,17 @@ def as_likelihood(spec: str | Likelihood | None, discrepancy: Any = "default", g
 
     from bayescale.discrepancy import default_discrepancy
 
+    scale = law.output_scale if law is not None and law.numpyro_model is None else None
     if isinstance(spec, Likelihood):
         out = spec
+        if scale is not None and out.scale not in (None, scale):
+            raise ValueError(f"law {law.name!r} declares its output on the {scale} scale (output_scale={scale!r}); "
+                             f"the likelihood's scale={out.scale!r} contradicts it. Leave Likelihood(scale=None)")
     else:
         family = spec or "normal"
         out = Likelihood(family=family, discrepancy=default_discrepancy(family, grouped, law))
-    if isinstance(discrepancy, str) and discrepancy == "default":
-        return out
-    return replace(out, discrepancy=as_discrepancy(discrepancy))
+    if not (isinstance(discrepancy, str) and discrepancy == "default"):
+        out = replace(out, discrepancy=as_discrepancy(discrepancy))
+    if scale is not None and out.scale != scale:
+        out = replace(out, scale=scale)
+    return out

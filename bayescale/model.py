@@ -25,7 +25,7 @@ from numpyro.distributions.transforms import AffineTransform, ExpTransform
 from numpyro.infer.util import constrain_fn, log_likelihood, potential_energy
 
 from bayescale.discrepancy import log_axis
-from bayescale.law import Law, resolve_prior
+from bayescale.law import Law, log_geometric_mean, resolve_prior
 from bayescale.likelihood import Likelihood
 
 _MODELS: dict[tuple[int, Likelihood], tuple[Law, object]] = {}
@@ -34,13 +34,6 @@ _MODELS: dict[tuple[int, Likelihood], tuple[Law, object]] = {}
 def pivot_site(name: str) -> str:
     """The sampled site behind a pivoted coefficient (internal; summaries show the coefficient itself)."""
     return f"_log_{name}_at_ref"
-
-
-def _log_reference(values, mask):
-    logs = jnp.log(values)
-    if mask is None:
-        return jnp.mean(logs)
-    return jnp.sum(jnp.where(mask, logs, 0.0)) / jnp.sum(mask)
 
 
 def sample_params(law: Law, stats, x=None, mask=None) -> dict:
@@ -54,7 +47,7 @@ def sample_params(law: Law, stats, x=None, mask=None) -> dict:
         if p.pivot is None:
             continue
         source, exponent = p.pivot
-        shift = params[exponent] * _log_reference(x[source], mask)
+        shift = params[exponent] * log_geometric_mean(x[source], mask)
         params[name] = sample_pivoted(name, resolve_prior(p.prior, stats), shift)
     return params
 

@@ -178,8 +178,9 @@ def plot_fit_bands(
     ax.scatter(runs[x], runs[output], c=dot_colours, s=14, edgecolors="black", linewidths=0.3, zorder=3,
                gid="observed")
     ax.set_xscale("log")
-    ax.set_yscale("log")
-    _plain_log_ticks(ax.yaxis)
+    if fit.law.output_scale == "log":  # a signed output (output_scale="raw") is drawn on a linear axis
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
     ax.set_xlabel(x)
     ax.set_ylabel(output)
     percent = f"{100 * interval:g}%"
@@ -305,7 +306,7 @@ def plot_prior_predictive(check, x: str | None = None, num_curves: int = 50, ban
                     label=f"{100 * (band[1] - band[0]):g}% prior predictive")
     ax.scatter(xs, np.asarray(check.runs.y)[order], color="black", s=12, zorder=3, gid="observed", label="runs")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    ax.set_yscale("log" if check.law.output_scale == "log" else "linear")
     ax.set_xlabel(x)
     ax.set_ylabel(check.runs.output)
     ax.set_title(f"prior predictive: {check.law.name}")

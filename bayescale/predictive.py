@@ -117,7 +117,7 @@ def _at_groups(fit, frame: pd.DataFrame, points, samples, key):
     labels = frame[column].to_numpy()
     known = {str(g): i for i, g in enumerate(fit.runs.group_labels)}
     codes = np.array([known.get(str(g), -1) for g in labels])
-    stats = {k: jnp.asarray(v) for k, v in data_stats(jnp.asarray(fit.runs.y)).items()}
+    stats = data_stats(jnp.asarray(fit.runs.y), x={k: jnp.asarray(v) for k, v in fit.runs.x.items()})
     params = group_params(fit.law, fit.grouping, samples, stats, codes, key)
     points = dataclasses.replace(points, groups=np.arange(len(labels)), group_labels=tuple(labels), group_column=column)
     return {**samples, **params}, points

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -207,7 +208,7 @@ def runs_from_table(
     y: str | None = "loss",
     se: str | None = None,
     allow_repeats: bool = False,
-    positive_output: bool = True,
+    positive_output: bool | None = None,
     group: str | None = None,
     sequence: tuple[str, str] | None = None,
 ) -> Runs:
@@ -219,8 +220,12 @@ def runs_from_table(
     whose values label each run's group (grouped fits, `bayescale.grouping`); runs may then repeat inputs
     across groups, not within one. `sequence=(run column, step column)` marks points of training curves:
     rows are put in (run, step) order (labels kept) and each point records its run's preceding point
-    (`Runs.prev`, for the "ar1" likelihood); steps must be unique within a run.
+    (`Runs.prev`, for the "ar1" likelihood); steps must be unique within a run. The output must be positive
+    for a law on the log scale and may be zero or negative for one declaring `output_scale="raw"`
+    (`positive_output` overrides); inputs must be positive except the law's `nonnegative_inputs` (>= 0).
     """
+    if positive_output is None:
+        positive_output = law.numpyro_model is not None or law.output_scale == "log"
     table = read_table(source)
     if len(table) == 0:
         raise DataError("the table has no rows")
@@ -275,7 +280,11 @@ def runs_from_table(
     if y is not None:
         y_values = _numeric_column(table, y, "output", labels)
         if positive_output:
-            _require_positive(y_values, f"output column {y!r}", labels)
+            bad = y_values <= 0
+            if bad.any():
+                raise DataError(f"output column {y!r} must be positive: law {law.name!r} models it on the log scale; "
+                                f"non-positive at rows {_rows(labels, bad)}. A signed output (a difference, a "
+                                "normalised score) needs a law declared with output_scale='raw'")
         _require_sane_magnitude(y_values, f"output column {y!r}", labels)
     if se is not None:
         se_values = _numeric_column(table, se, "standard error", labels)
@@ -356,3 +365,45 @@ def points_from_mapping(at: Mapping[str, float | Sequence[float]] | pd.DataFrame
     columns = {name: column for name, column in (sources or {}).items()
                if name in wanted and column in at.columns and name not in at.columns}
     return runs_from_table(at, law, columns=columns, y=None, allow_repeats=True)
+
+
+def split_datasets(table: pd.DataFrame, column: str | None) -> dict[Any, pd.DataFrame]:
+    """The table's independent data sets by `column` (None: the whole table as one). Values are kept as they
+    are: 1 and "1" are different data sets, and an empty value is an error."""
+    if column is None:
+        return {None: table}
+    if column not in table.columns:
+        raise DataError(f"data-set column {column!r} is not in the table; columns are: {', '.join(map(str, table.columns))}")
+    missing = table[column].isna().to_numpy()
+    if missing.any():
+        rows = ", ".join(str(v) for v in table.index[missing][:8])
+        raise DataError(f"data-set column {column!r} is empty at rows {rows}")
+    keys = [(type(v).__name__, v) for v in table[column]]
+    out: dict[Any, list[int]] = {}
+    for position, key in enumerate(keys):
+        out.setdefault(key, []).append(position)
+    by_text: dict[str, list] = {}
+    for _, value in out:
+        by_text.setdefault(str(value), []).append(value)
+    clashes = {text: values for text, values in by_text.items() if len(values) > 1}
+    if clashes:
+        shown = "; ".join(f"{text!r} from {[f'{v!r} ({type(v).__name__})' for v in values]}"
+                          for text, values in list(clashes.items())[:5])
+        raise DataError(f"data-set column {column!r} holds different values that print the same, which would merge "
+                        f"their data sets: {shown}; give the column a single type")
+    return {value: table.iloc[positions] for (_, value), positions in out.items()}
+
+
+def boolean_column(table: pd.DataFrame, column: str, role: str, meaning: str) -> np.ndarray:
+    """A column of booleans (True/False or 1/0) as a bool array; any other value, empty cells included, is an
+    error naming the rows. `role` names the column's use in messages ("hold-out"), `meaning` what True says."""
+    if column not in table.columns:
+        raise DataError(f"{role} column {column!r} is not in the table; columns are: {', '.join(map(str, table.columns))}")
+    values = table[column]
+    if values.dtype == bool:
+        return values.to_numpy()
+    ok = values.isin([0, 1, True, False]) & values.notna()
+    if not ok.all():
+        rows = ", ".join(str(v) for v in table.index[~ok.to_numpy()][:8])
+        raise DataError(f"{role} column {column!r} must hold booleans ({meaning}) or 0/1; other values at rows {rows}")
+    return values.astype(bool).to_numpy()

@@ -5,7 +5,9 @@ arXiv:2402.02314), eq. 3. Fine-tuning loss against fine-tuning data size D: a pl
 misses the flat "pre-power" phase at small D, where the pre-trained model already knows part of the task.
 D_l, the "pre-learned data size", is the amount of fine-tuning data the pre-training is worth (in units of
 D^beta); the curve is flat while D^beta << D_l and a power law once D^beta >> D_l.
-Input D: fine-tuning examples or tokens.
+Input D: fine-tuning examples or tokens; D = 0 (the pre-trained model, zero-shot) is allowed
+(`nonnegative_inputs`), where L(0) = B / D_l + E. The random-walk discrepancy runs along log D and is off by
+default for this law (zero has no log); the pivot of B is at the geometric mean of the positive D.
 
 Parameters and priors:
 - B: coefficient, LogNormal(log 1000, 3), sampled at the data's geometric-mean D (`Param.pivot`; B D^-beta
@@ -25,7 +27,11 @@ from bayescale.models import priors
 
 
 def _mean(p, x):
-    return p["E"] + p["B"] / (p["D_l"] + jnp.exp(p["beta"] * jnp.log(x["D"])))
+    # D = 0 is in the law's domain (the pre-trained model before fine-tuning: L = B / D_l + E); D^beta is
+    # written so that its value and its gradient in beta are 0 there, not 0 * log(0) = NaN.
+    seen = x["D"] > 0
+    power = jnp.where(seen, jnp.exp(p["beta"] * jnp.log(jnp.where(seen, x["D"], 1.0))), 0.0)
+    return p["E"] + p["B"] / (p["D_l"] + power)
 
 
 FINETUNE = Law(
@@ -38,6 +44,7 @@ FINETUNE = Law(
         "E": Param(priors.below_min_output, "irreducible fine-tuning loss"),
     },
     mean=_mean,
+    nonnegative_inputs=("D",),
     description="rectified fine-tuning law: a flat pre-power phase, then a power law in fine-tuning data",
     form="L = B / (D_l + D^beta) + E",
     reference="Lin et al. 2024, arXiv:2402.02314",

@@ -47,7 +47,7 @@ def test_hold_out_columns_and_data_sets_are_read_by_value():
     assert mask_from_column(table, "split").tolist() == [True, False, True, False]
     with pytest.raises(DataError, match="booleans"):
         mask_from_column(table.assign(split=["test", "train", "x", "y"]), "split")
-    with pytest.raises(DataError, match="print alike"):
+    with pytest.raises(DataError, match="print the same"):
         split_datasets(table, "name")
     parts = split_datasets(table.assign(name=["a", "b", "a", "b"]), "name")
     assert sorted(parts) == ["a", "b"] and parts["a"].index.tolist() == [0, 2]

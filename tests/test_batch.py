@@ -4,6 +4,7 @@ vectorised diagnostics, resuming a killed job, a bad data set, and the Ray backe
 import json
 import warnings
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -53,7 +54,7 @@ def test_padding_leaves_the_log_density_unchanged(batch):
     args, kwargs = model_inputs(runs)
     stacked = stack_runs([runs], num_runs=WIDTH)
     (x, stats), padded_kwargs = stacked.model_inputs()
-    padded_args = ({k: v[0] for k, v in x.items()}, {k: v[0] for k, v in stats.items()})
+    padded_args = jax.tree.map(lambda v: v[0], (x, stats))
     padded_kwargs = {k: None if v is None else v[0] for k, v in padded_kwargs.items()}
     params = {"E": 1.7, "_log_A_at_ref": -0.2, "alpha": 0.31, "_log_B_at_ref": -0.6, "beta": 0.35, "sigma": 0.02}
     plain, _ = log_density(model, args, kwargs, params)
@@ -92,6 +93,21 @@ def test_chunks_give_the_posteriors_of_one_call(batch):
             a, b = chunked.samples[name][i].ravel(), batch.samples[name][i].ravel()
             mcse = np.hypot(a.std(), b.std()) / np.sqrt(batch.diagnostics[i].table.loc[name, "ess_bulk"])
             assert abs(a.mean() - b.mean()) < 4 * mcse, (name, i)
+
+    # A long table split by a group column is the same batch as the list of its data sets' Runs: the first
+    # chunk above (data sets 0 and 1, seeds 10 and 11) draw for draw.
+    table = pd.concat([simulate_chinchilla(num_runs=WIDTH, seed=1).assign(set="b"),
+                       simulate_chinchilla(num_runs=35, seed=2).assign(set="a")], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        grouped = fit_batch(table, LAW, group="set", settings=SETTINGS, seeds=[10, 11], num_runs=WIDTH, chunk_size=2)
+    assert grouped.names == ["b", "a"]  # order of first appearance, as the table has them
+    for name in LAW.param_names:
+        np.testing.assert_allclose(grouped.samples[name], chunked.samples[name][:2], rtol=1e-9)
+    with pytest.raises(ValueError, match="group=COLUMN"):
+        fit_batch(table, LAW, settings=SETTINGS)
+    with pytest.raises(bs.DataError, match="'nope' is not in the table"):
+        fit_batch(table, LAW, group="nope", settings=SETTINGS)
 
 
 def test_batch_members_are_their_own_posteriors(batch):

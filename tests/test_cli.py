@@ -1,6 +1,7 @@
 """The `bayescale` command: the README's verbs, JSON output, and exit codes."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,13 @@ def test_laws_json(capsys):
     code, payload = run_json(capsys, ["laws"])
     assert code == 0
     assert payload["chinchilla"]["inputs"] == "N, D"
+    assert payload["chinchilla"]["scale"] == "log y" and payload["chinchilla"]["output"] == "loss"
+    assert payload["finetune"]["zero_allowed"] == "D"
+    assert payload["bounded_power_law"]["reference"].startswith("Alabdulmohsin")
+    # The README's law table names every family of the catalogue.
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [name for name in payload if f"`{name}`" not in readme]
+    assert not missing, missing
 
 
 def test_bad_input_exits_2_with_the_column_named(fitted, capsys):

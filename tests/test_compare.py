@@ -33,12 +33,13 @@ FAMILIES = {  # name -> (law, columns)
 SELECTION_FAMILIES = {**FAMILIES, "compute_only": ("compute_power_law", {})}
 
 
-def fit_families(table, seed=0, draws=300, warmup=300, families=FAMILIES):
+def fit_families(table, seed=0, draws=300, warmup=300, families=FAMILIES, discrepancy="default"):
     fits = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
         for name, (law, columns) in families.items():
-            fits[name] = bs.fit(table, law, columns=columns, num_warmup=warmup, num_samples=draws, seed=seed)
+            fits[name] = bs.fit(table, law, columns=columns, num_warmup=warmup, num_samples=draws, seed=seed,
+                                discrepancy=discrepancy)
     return fits
 
 
@@ -49,7 +50,10 @@ def table():
 
 @pytest.fixture(scope="module")
 def fits(table):
-    return fit_families(table)
+    # Independent noise: what is tested here is the comparison's arithmetic and choice, and the walk's
+    # discrepancy (up to 4x the sampling time, measured 109 s for this fixture on a loaded machine) is
+    # checked in tests/test_discrepancy.py; the slow tier's 10-seed selection keeps the default likelihood.
+    return fit_families(table, discrepancy=None)
 
 
 @pytest.fixture(scope="module")
