@@ -33,7 +33,7 @@ _EXPORTS = {
     "bayescale.persistence": ("load", "save"),
     "bayescale.posterior": ("draws", "summary"),
     "bayescale.predictive": ("Prediction", "predict"),
-    "bayescale.prior_predictive": ("PriorPredictive", "prior_predictive"),
+    "bayescale.prior_predictive": ("PriorPredictive", "PriorWarning", "prior_predictive"),
     "bayescale.runs": ("DataError", "Runs", "read_table", "runs_from_table"),
     "bayescale.evidence": ("Evidence", "log_evidence"),
     "bayescale.compare": ("compare", "format_notes"),

@@ -112,14 +112,15 @@ def average_downstream(
     held_out: int = 1,
     num_draws: int | None = None,
     seed: int = 0,
+    error: bool = False,
 ):
     """Downstream forecasts at `at` mixed across chains with different links (dict name -> DownstreamFit,
     fitted to the same runs and tasks).
 
     `weights`: "stacking" (the `stacking_weight` column of `comparison`, a
     `bayescale.link_comparison.compare_links` table, computed with `held_out` when not given) or a dict
-    name -> weight. `loss=`: measured losses of the new runs, as in `DownstreamFit.predict`. Links with
-    different outputs (error and accuracy) are mixed as accuracy. Returns a `DownstreamPrediction`.
+    name -> weight. `loss=`: measured losses of the new runs, as in `DownstreamFit.predict`. Metrics are
+    accuracies whatever each chain's link, errors with `error=True`. Returns a `DownstreamPrediction`.
     """
     from bayescale.downstream import predict_downstream
 
@@ -137,7 +138,7 @@ def average_downstream(
 
             comparison = compare_links(named, held_out)
         weights = model_weights(comparison, "stacking")
-    predictions = {name: predict_downstream(fit, at, seed=seed, loss=loss) for name, fit in named.items()}
+    predictions = {name: predict_downstream(fit, at, seed=seed, loss=loss, error=error) for name, fit in named.items()}
     return mix_downstream(predictions, weights, num_draws=num_draws, seed=seed)
 
 

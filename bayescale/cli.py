@@ -10,7 +10,6 @@ answer at once.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import json
 import os
@@ -70,41 +69,15 @@ def _names(text: str | None) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()] if text else []
 
 
-# Distributions a --prior may name: continuous, univariate, with numeric arguments. An allow-list, so that a
-# prior string can only ever build a distribution.
-PRIOR_DISTRIBUTIONS = (
-    "Beta", "Cauchy", "Exponential", "Gamma", "HalfCauchy", "HalfNormal", "InverseGamma", "Laplace", "LogNormal",
-    "LogUniform", "Normal", "StudentT", "TruncatedNormal", "Uniform", "Weibull",
-)
-
-
 def parse_prior(text: str):
-    """NAME=Distribution(args), e.g. alpha=LogNormal(-1.2, 0.5): numpyro distributions with numeric args."""
-    import numpyro.distributions as dist
+    """NAME=Distribution(args), e.g. alpha=LogNormal(-1.2, 0.5): numpyro distributions with numeric args
+    (`bayescale.law.prior_from_text`)."""
+    from bayescale.law import prior_from_text
 
     name, sep, expr = text.partition("=")
     if not sep or not name.strip():
         raise ValueError(f"--prior: expected NAME=Distribution(args), got {text!r}")
-    try:
-        tree = ast.parse(expr.strip(), mode="eval").body
-    except SyntaxError:
-        raise ValueError(f"--prior {text!r}: not a distribution call such as LogNormal(-1.2, 0.5)") from None
-    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
-        raise ValueError(f"--prior {text!r}: not a distribution call such as LogNormal(-1.2, 0.5)")
-    if tree.func.id not in PRIOR_DISTRIBUTIONS:
-        raise ValueError(f"--prior {text!r}: {tree.func.id!r} is not one of the distributions a prior may use: "
-                         f"{', '.join(PRIOR_DISTRIBUTIONS)}")
-    try:
-        args = [float(ast.literal_eval(a)) for a in tree.args]
-        kwargs = {k.arg: float(ast.literal_eval(k.value)) for k in tree.keywords}
-    except (ValueError, TypeError, SyntaxError):
-        raise ValueError(f"--prior {text!r}: the arguments must be numbers") from None
-    family = getattr(dist, tree.func.id)
-    try:
-        family(*args, **kwargs, validate_args=True)  # checks the arguments (scale > 0, low < high, ...)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"--prior {text!r}: {err}") from None
-    return name.strip(), family(*args, **kwargs)
+    return name.strip(), prior_from_text(expr, f"--prior {text!r}")
 
 
 def _print_table(frame) -> None:

@@ -76,48 +76,90 @@ FAILURE_LABELS = {"divergences": "divergent transitions", "bfmi": "low E-BFMI", 
                   "ess": "too few effective draws"}
 
 
-def _worst(stat, names, reduce) -> dict[str, float]:
-    return {name: float(reduce(np.asarray(stat[name]))) for name in names}
-
-
 def check_convergence(dt, params=None, thresholds: Thresholds = Thresholds()) -> Diagnostics:
     posterior = dt.posterior
     names = list(params) if params is not None else list(posterior.data_vars)
     num_chains = posterior.sizes["chain"]
-    # arviz-stats 1.x returns the posterior group's node; vector parameters report their worst element.
-    rhat = _worst(az.rhat(dt, var_names=names), names, np.max)
-    bulk = _worst(az.ess(dt, method="bulk", var_names=names), names, np.min)
-    tail = _worst(az.ess(dt, method="tail", var_names=names), names, np.min)
-    table = pd.DataFrame({"rhat": rhat, "ess_bulk": bulk, "ess_tail": tail})
+    # arviz-stats 1.x returns the posterior group's node; vector parameters report their worst element in
+    # the table, and their elements (one per task, group, ...) are kept to say how many fail and where.
+    full = {"rhat": az.rhat(dt, var_names=names), "ess_bulk": az.ess(dt, method="bulk", var_names=names),
+            "ess_tail": az.ess(dt, method="tail", var_names=names)}
+    worst = {"rhat": np.max, "ess_bulk": np.min, "ess_tail": np.min}
+    table = pd.DataFrame({stat: {n: float(worst[stat](np.asarray(full[stat][n]))) for n in names} for stat in full})
+    elements = {}
+    for name in names:
+        values = {stat: np.asarray(full[stat][name]).ravel() for stat in full}
+        if values["rhat"].size > 1:
+            dims = posterior[name].dims[2:]
+            elements[name] = pd.DataFrame(values, index=pd.Index(_element_labels(posterior[name]),
+                                                                 name=f"{dims[0]}s" if len(dims) == 1 else "elements"))
 
     stats = dt.sample_stats
     divergences = int(np.asarray(stats["diverging"]).sum()) if "diverging" in stats else 0
     bfmi = np.asarray(az.bfmi(dt)["energy"]) if "energy" in stats else np.array([])
     num_draws = posterior.sizes["chain"] * posterior.sizes["draw"]
 
-    return judge(table, divergences, num_draws, bfmi, num_chains, thresholds)
+    return judge(table, divergences, num_draws, bfmi, num_chains, thresholds, elements=elements)
+
+
+def _element_labels(variable) -> list[str]:
+    """Labels of a vector parameter's elements: its coordinate values ("acc_squad"), or indices."""
+    dims = variable.dims[2:]
+    if len(dims) == 1 and dims[0] in variable.coords:
+        return [str(v) for v in np.asarray(variable[dims[0]])]
+    return [str(i) for i in np.ndindex(*variable.shape[2:])]
+
+
+def parameter_family(name: str) -> str:
+    """The parameter a site belongs to: a pooled k's center and spread (k_center, k_tau) and a grouped
+    parameter's mean (alpha_mu) are reported with k and alpha."""
+    for suffix in ("_center", "_tau", "_mu"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+RHAT_ADVICE = "chains disagree: run more warm-up/draws, check for several modes, or tighten the prior"
+ESS_ADVICE = "draw more samples, or reparametrise"
 
 
 def judge(table: pd.DataFrame, divergences: int, num_draws: int, bfmi: np.ndarray, num_chains: int,
-          thresholds: Thresholds = Thresholds()) -> Diagnostics:
+          thresholds: Thresholds = Thresholds(), elements: dict[str, pd.DataFrame] | None = None) -> Diagnostics:
     """Compare computed statistics with the thresholds (shared by `check_convergence` and the vectorised
-    diagnostics of `bayescale.batch`)."""
+    diagnostics of `bayescale.batch`). One problem line per parameter family and kind of failure: a
+    task-indexed parameter says on how many of its elements it fails and where it is worst, instead of a
+    line per element (`elements`: per vector parameter, its elements' statistics)."""
     min_ess = thresholds.min_ess_per_chain * num_chains
-    problems = []
-    failed = set()
+    elements = elements or {}
+    failing: dict[tuple[str, str], list[str]] = {}
     for name, row in table.iterrows():
-        if not np.isfinite(row.rhat) or row.rhat > thresholds.max_rhat:
-            failed.add("rhat")
-            problems.append(
-                f"{name}: R-hat {row.rhat:.3f} > {thresholds.max_rhat} (chains disagree: run more warm-up/draws, "
-                f"check for several modes, or tighten the prior)"
-            )
-        if not row.ess_bulk >= min_ess or not row.ess_tail >= min_ess:
-            failed.add("ess")
-            problems.append(
-                f"{name}: ESS bulk {row.ess_bulk:.0f} / tail {row.ess_tail:.0f} < {min_ess:.0f} "
-                f"(draw more samples, or reparametrise)"
-            )
+        parts = elements.get(name)
+        bad_rhat = not np.isfinite(row.rhat) or row.rhat > thresholds.max_rhat
+        bad_ess = not row.ess_bulk >= min_ess or not row.ess_tail >= min_ess
+        if bad_rhat:
+            if parts is None:
+                text = f"{name} {row.rhat:.3f}"
+            else:
+                hit = ~(parts.rhat <= thresholds.max_rhat)
+                text = (f"{name} on {int(hit.sum())} of {len(parts)} {parts.index.name} (up to {row.rhat:.3f}, "
+                        f"{parts.rhat.fillna(np.inf).idxmax()})")
+            failing.setdefault(("rhat", parameter_family(str(name))), []).append(text)
+        if bad_ess:
+            if parts is None:
+                text = f"{name} bulk {row.ess_bulk:.0f} / tail {row.ess_tail:.0f}"
+            else:
+                low = np.minimum(parts.ess_bulk.fillna(0), parts.ess_tail.fillna(0))
+                hit = ~(low >= min_ess)
+                text = (f"{name} on {int(hit.sum())} of {len(parts)} {parts.index.name} (down to bulk {row.ess_bulk:.0f} / tail "
+                        f"{row.ess_tail:.0f}, {low.idxmin()})")
+            failing.setdefault(("ess", parameter_family(str(name))), []).append(text)
+    problems = []
+    failed = {kind for kind, _ in failing}
+    for (kind, family), texts in failing.items():
+        if kind == "rhat":
+            problems.append(f"{family}: R-hat > {thresholds.max_rhat} for {'; '.join(texts)} ({RHAT_ADVICE})")
+        else:
+            problems.append(f"{family}: ESS < {min_ess:.0f} for {'; '.join(texts)} ({ESS_ADVICE})")
     if divergences > thresholds.max_divergences:
         failed.add("divergences")
         problems.append(

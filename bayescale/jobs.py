@@ -77,6 +77,9 @@ class Job:
     pad_runs: int | None = None  # pad every data set to this many runs (default: the job's largest)
     retries: int | None = None  # second batched passes for failed data sets (bayescale.retries; None: default, one)
     thresholds: Thresholds = Thresholds()
+    priors: dict[str, str] = field(default_factory=dict)  # parameter -> prior as text ("LogNormal(-1.2, 0.5)")
+    split: str | None = None  # boolean column: True = held out (predicted, not fitted), per data set
+    metadata: tuple[str, ...] = ()  # columns constant within a data set, carried into the summary
     fail_after: int | None = None  # testing hook: raise after this many fits are recorded (simulated kill)
 
     def units(self) -> list[tuple[str, str]]:
@@ -111,8 +114,9 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 
 
 _KNOWN = {"pad_runs", "data", "laws", "output", "sampler", "retries", "thresholds", "seed", "likelihood", "discrepancy", "shard_size", "map_starts", "quantiles",
-          "predict_at", "evidence"}
-_DATA_KNOWN = {"files", "table", "group_by", "columns", "y", "se", "allow_repeats"}
+          "predict_at", "evidence", "priors"}
+_DATA_KNOWN = {"files", "table", "group_by", "columns", "y", "se", "allow_repeats", "split", "metadata"}
+PREDICTIONS = "predictions.parquet"
 
 
 def load_job(path: str | Path, **overrides) -> Job:
@@ -164,6 +168,18 @@ def job_from_mapping(spec: Mapping[str, Any], base: Path = Path("."), **override
     for i, point in enumerate(predict_at):
         if not isinstance(point, Mapping) or not all(isinstance(v, int | float) for v in point.values()):
             raise JobError(f"predict_at[{i}] must map inputs to numbers, e.g. {{N = 70e9, D = 1.4e12}}")
+    priors = dict(spec.get("priors", {}))
+    from bayescale.law import prior_from_text
+
+    for name, text in priors.items():
+        try:
+            prior_from_text(text, f"priors.{name} = {text!r}")
+        except ValueError as err:
+            raise JobError(str(err)) from None
+    split = data.get("split")
+    metadata = data.get("metadata", [])
+    metadata = (metadata,) if isinstance(metadata, str) else tuple(str(m) for m in metadata)
+    _check_columns(datasets, split, metadata)
     output = Path(spec["output"])
     job = Job(
         datasets=datasets,
@@ -185,10 +201,35 @@ def job_from_mapping(spec: Mapping[str, Any], base: Path = Path("."), **override
         pad_runs=int(spec["pad_runs"]) if "pad_runs" in spec else None,
         retries=retries,
         thresholds=Thresholds(**limits),
+        priors={str(k): str(v) for k, v in priors.items()},
+        split=split,
+        metadata=metadata,
     )
     if job.shard_size < 1:
         raise JobError("shard_size must be at least 1")
     return replace(job, **overrides)
+
+
+def _check_columns(datasets: Mapping[str, pd.DataFrame], split: str | None, metadata: Sequence[str]) -> None:
+    """The split column is a boolean column of every data set that leaves runs to fit; metadata columns are
+    present and hold one value per data set (a summary row carries it)."""
+    from bayescale.runs import boolean_column
+
+    for name, table in datasets.items():
+        if split is not None:
+            try:
+                held = boolean_column(table, split, "split", "True = held out: predicted, not fitted")
+            except DataError as err:
+                raise JobError(f"data set {name!r}: {err}") from None
+            if held.all():
+                raise JobError(f"data set {name!r}: every row is held out by split column {split!r}; nothing to fit")
+        for column in metadata:
+            if column not in table.columns:
+                raise JobError(f"metadata column {column!r} is not in data set {name!r}")
+            values = table[column].unique()
+            if len(values) > 1:
+                raise JobError(f"metadata column {column!r} holds {len(values)} values in data set {name!r} "
+                               f"({', '.join(map(repr, values[:4]))}): a summary row carries one")
 
 
 def _datasets(data: Mapping[str, Any], base: Path) -> dict[str, pd.DataFrame]:
@@ -320,7 +361,43 @@ def summary_row(fit, job: Job, dataset: str, law: str, path: Path) -> dict[str, 
                 row[f"predict{j}_{col}"] = float(quantiles[col].iloc[0])
     if job.evidence:
         row.update(_evidence(fit))
+    table = job.datasets[dataset]
+    for column in job.metadata:
+        value = table[column].iloc[0]
+        row[column] = value.item() if isinstance(value, np.generic) else value
+    if job.split is not None:
+        row["predictions"] = held_out_predictions(fit, job, dataset)
     return row
+
+
+def split_rows(job: Job, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fitted rows, held-out rows) of a data set under the job's split column (all fitted without one)."""
+    from bayescale.runs import boolean_column
+
+    table = job.datasets[dataset]
+    if job.split is None:
+        return table, table.iloc[:0]
+    held = boolean_column(table, job.split, "split", "True = held out: predicted, not fitted")
+    return table[~held], table[held]
+
+
+def held_out_predictions(fit, job: Job, dataset: str) -> list[dict[str, Any]]:
+    """One record per held-out row of the data set: its label, observed output (if any) and the quantiles
+    of the law's mean and of a new run there (`predict`, with the fit's seed)."""
+    from bayescale.predictive import predict
+
+    _, held = split_rows(job, dataset)
+    if held.empty:
+        return []
+    quantiles = predict(fit, held, seed=fit.seed).quantiles(job.quantiles)
+    records = []
+    for i, (label, row) in enumerate(held.iterrows()):
+        record = {"row": str(label)}
+        if job.y in held.columns:
+            record[job.y] = float(row[job.y])
+        record.update({c: float(quantiles[c].iloc[i]) for c in quantiles.columns if c.startswith(("mean_", "new_run_"))})
+        records.append(record)
+    return records
 
 
 def _evidence(fit) -> dict[str, Any]:
@@ -338,6 +415,12 @@ def error_row(dataset: str, law: str, err: BaseException) -> dict[str, Any]:
             "retry": not isinstance(err, DataError)}
 
 
+def job_priors(job: Job) -> dict[str, Any]:
+    from bayescale.law import prior_from_text
+
+    return {name: prior_from_text(text, f"priors.{name}") for name, text in job.priors.items()}
+
+
 def run_shard(job: Job, law: str, names: Sequence[str]) -> list[dict[str, Any]]:
     """Fit data sets `names` with `law` in one batch, save each fit, return their summary rows. Data sets
     that fail validation get an error row; if the batch itself fails, each data set is retried alone."""
@@ -351,7 +434,8 @@ def run_shard(job: Job, law: str, names: Sequence[str]) -> list[dict[str, Any]]:
     runs = {}
     for name in names:
         try:
-            runs[name] = runs_from_table(job.datasets[name], law_obj, columns=job.columns, y=job.y, se=job.se,
+            fitted, _ = split_rows(job, name)
+            runs[name] = runs_from_table(fitted, law_obj, columns=job.columns, y=job.y, se=job.se,
                                          allow_repeats=job.allow_repeats)
         except Exception as err:  # noqa: BLE001  a bad data set is reported, never fatal to the others
             rows[name] = error_row(name, law, err)
@@ -359,7 +443,7 @@ def run_shard(job: Job, law: str, names: Sequence[str]) -> list[dict[str, Any]]:
     def fit_group(group: list[str]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence is reported per row, not as thousands of warnings
-            batch = fit_batch([runs[n] for n in group], law_obj, likelihood=job.likelihood,
+            batch = fit_batch([runs[n] for n in group], law_obj, likelihood=job.likelihood, priors=job_priors(job),
                               discrepancy=job.discrepancy, settings=job.settings, seeds=[job.seed_of(n) for n in group],
                               map_starts=job.map_starts, num_runs=job.width(), retries=job.retries,
                               thresholds=job.thresholds)
@@ -497,14 +581,23 @@ def local_runner(job: Job, shards: Sequence[tuple[str, list[str]]]):
 
 
 def write_summary(job: Job) -> pd.DataFrame:
-    """The summary table of every fit of the job that is in the manifest, in job order (atomic write)."""
+    """The summary table of every fit of the job that is in the manifest, in job order (atomic write); with a
+    split column, also `predictions.parquet`: one row per (data set, law, held-out row)."""
     done = read_manifest(job.output)
-    rows = [done[unit_key(*u)] for u in job.units() if unit_key(*u) in done]
+    rows = [dict(done[unit_key(*u)]) for u in job.units() if unit_key(*u) in done]
+    predicted = [{"dataset": row["dataset"], "law": row["law"], **record}
+                 for row in rows for record in (row.pop("predictions", None) or [])]
     summary = pd.DataFrame(rows)
-    tmp = job.output / (SUMMARY + ".tmp")
-    summary.to_parquet(tmp, index=False)
-    tmp.replace(job.output / SUMMARY)
+    _write_parquet(summary, job.output / SUMMARY)
+    if job.split is not None:
+        _write_parquet(pd.DataFrame(predicted), job.output / PREDICTIONS)
     return summary
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
 
 
 class _NoBar:

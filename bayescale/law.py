@@ -167,6 +167,41 @@ class Law:
         return dataclasses.replace(self, params=params)
 
 
+# Distributions a prior written as text may name (CLI --prior, job files): continuous, univariate, with numeric
+# arguments. An allow-list, so that a prior string can only ever build a distribution.
+PRIOR_DISTRIBUTIONS = (
+    "Beta", "Cauchy", "Exponential", "Gamma", "HalfCauchy", "HalfNormal", "InverseGamma", "Laplace", "LogNormal",
+    "LogUniform", "Normal", "StudentT", "TruncatedNormal", "Uniform", "Weibull",
+)
+
+
+def prior_from_text(expr: str, what: str = "prior") -> dist.Distribution:
+    """A numpyro distribution from text such as "LogNormal(-1.2, 0.5)": one of `PRIOR_DISTRIBUTIONS` with
+    numeric arguments, checked (scale > 0, low < high, ...). `what` names the source in error messages."""
+    import ast
+
+    try:
+        tree = ast.parse(str(expr).strip(), mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"{what}: not a distribution call such as LogNormal(-1.2, 0.5)") from None
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
+        raise ValueError(f"{what}: not a distribution call such as LogNormal(-1.2, 0.5)")
+    if tree.func.id not in PRIOR_DISTRIBUTIONS:
+        raise ValueError(f"{what}: {tree.func.id!r} is not one of the distributions a prior may use: "
+                         f"{', '.join(PRIOR_DISTRIBUTIONS)}")
+    try:
+        args = [float(ast.literal_eval(a)) for a in tree.args]
+        kwargs = {k.arg: float(ast.literal_eval(k.value)) for k in tree.keywords}
+    except (ValueError, TypeError, SyntaxError):
+        raise ValueError(f"{what}: the arguments must be numbers") from None
+    family = getattr(dist, tree.func.id)
+    try:
+        family(*args, **kwargs, validate_args=True)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{what}: {err}") from None
+    return family(*args, **kwargs)
+
+
 def resolve_prior(prior: PriorSpec, stats: Mapping[str, Any]) -> dist.Distribution:
     return prior(stats) if callable(prior) and not isinstance(prior, dist.Distribution) else prior
 

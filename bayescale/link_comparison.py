@@ -69,7 +69,7 @@ def future_runs(runs, held_out: int) -> np.ndarray:
     """Indices of the `held_out` runs with accuracies and the lowest measured loss (the largest models)."""
     if held_out < 1:
         raise ValueError(f"held_out must be at least 1 run; got {held_out}")
-    candidates = np.flatnonzero(runs.loss_mask & runs.metric_mask.any(axis=0))
+    candidates = np.flatnonzero(runs.law_mask & runs.metric_mask.any(axis=0))  # finished runs, not checkpoints
     if len(candidates) <= held_out + 1:
         raise ValueError(
             f"only {len(candidates)} runs have both a loss and accuracies: holding out {held_out} leaves too few "

@@ -35,6 +35,11 @@ BAND = (0.005, 0.995)   # the central 99% band the verdict is judged on
 LOOSE_RATIO = 10.0      # band width / observed range above which a prior counts as too loose
 
 
+
+
+class PriorWarning(UserWarning):
+    """Observed data lie outside what the priors can produce: the priors likely assume other units or scales."""
+
 @dataclass(frozen=True)
 class PriorPredictive:
     """Prior draws at the runs' inputs: `mean` (law mean) and `new_run` (with noise), each (draws, runs);

@@ -310,10 +310,19 @@ def runs_from_table(
         if dup.any():
             groups = keys[dup].groupby(list(keys.columns), sort=False).groups
             first = list(groups.values())[0]
+            # Rows that share the law's inputs but differ elsewhere may be different setups (model sizes in a
+            # learning-rate sweep), not seeds: pooling them with allow_repeats would be a different model.
+            rows = table.iloc[list(first)]
+            skip = {y, se, *(sources.get(n) for n in law.inputs)}
+            differing = [str(c) for c in table.columns if c not in skip and rows[c].nunique(dropna=False) > 1]
+            hint = (f"; they differ in columns {differing[:6]}: if those are seeds or repeats, pass allow_repeats=True "
+                    f"(CLI --allow-repeats); if they are different setups (model sizes, data), fit each setup "
+                    f"separately (group=..., fit_batch(table, law, group=...)) or use a law with those inputs"
+                    if differing else
+                    "; remove them, or pass allow_repeats=True (CLI --allow-repeats) if they are repeated seeds")
             raise DataError(
                 f"duplicate runs: {int(dup.sum())} rows share their inputs ({', '.join(law.inputs)}), e.g. rows "
-                f"{', '.join(str(labels[i]) for i in first)}; remove them, or pass allow_repeats=True "
-                f"(CLI --allow-repeats) if they are repeated seeds"
+                f"{', '.join(str(labels[i]) for i in first)}{hint}"
             )
 
     if y is not None and law.numpyro_model is None:

@@ -17,8 +17,10 @@ Parameters:
   allows any sign);
 - c_i: change of slope at break i, Normal(0, 1): either sign, since breaks may steepen (emergence) or
   flatten/turn (saturation, inverse scaling);
-- d1: location of the first break in x-units, LogNormal(log 1e6, 6): the break lies somewhere in the data,
-  whose range only the user knows; narrow it with `priors={"d1": ...}` (or build with `break_prior=`);
+- d1: location of the first break in x-units, LogNormal(log x_ref, 3), x_ref the geometric mean of the
+  data's x (`bayescale.law.input_log_mean`): the break lies somewhere in or near the data, 90% within 140x
+  either side of its middle, whatever x's units (a fixed LogNormal(log 1e6, 6) put tokens and examples on
+  different footings); narrow it with `priors={"d1": ...}` (or build with `break_prior=`);
 - g_i (i >= 2): log-distance from break i-1 to break i, d_i = d_{i-1} exp(g_i), LogNormal(log 2, 1): keeps
   breaks ordered, so the posterior has no label-switching modes;
 - f_i: sharpness of break i, LogNormal(log 0.5, 1) (Caballero et al.'s fits span ~0.05-10).
@@ -28,10 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from bayescale.law import Law, Param
+from bayescale.law import Law, Param, input_log_mean
 from bayescale.models import priors
 
-DEFAULT_BREAK_PRIOR = dist.LogNormal(jnp.log(1e6), 6.0)
+
+def DEFAULT_BREAK_PRIOR(stats):  # noqa: N802  (a prior, named as the constant it replaced)
+    return dist.LogNormal(input_log_mean(stats, "x"), 3.0)
 
 
 def _mean_fn(k: int):
@@ -50,7 +54,7 @@ def _mean_fn(k: int):
     return mean
 
 
-def broken_power_law(k: int = 1, *, break_prior: dist.Distribution = DEFAULT_BREAK_PRIOR, name: str | None = None) -> Law:
+def broken_power_law(k: int = 1, *, break_prior=DEFAULT_BREAK_PRIOR, name: str | None = None) -> Law:
     """A broken power law with `k` >= 1 breaks (see the module docstring for the form and priors)."""
     if k < 1:
         raise ValueError(f"a broken power law needs at least one break, got k={k}")

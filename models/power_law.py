@@ -17,14 +17,16 @@ Priors (see `bayescale.models.priors`): E, d uniform below the smallest observed
 LogNormal(log 1000, 3) or wider, sampled at the data's geometric-mean input (`Param.pivot`); exponents
 LogNormal(log 0.3, 0.5). The compute exponent is about half a size exponent (alpha beta / (alpha + beta)
 for Chinchilla, ~0.15-0.18; Kaplan's 0.050 without a floor), hence LogNormal(log 0.15, 0.7), 90% in
-0.05-0.47. The offset b: LogNormal(0, 5), 90% within 3e-4..4e3 x-units and heavy enough to reach 1e6:
-its scale is that of x, which only the user knows; narrow it with `priors={"b": ...}`.
+0.05-0.47. The offset b: LogNormal(log x_ref, 3), x_ref the geometric mean of the data's x
+(`bayescale.law.input_log_mean`): b lives in x's units, so its prior moves with them, 90% within 140x either
+side of the data's middle (b far below the data has no effect, far above it flattens the whole curve; a
+fixed LogNormal(0, 5) was centred on one x-unit, whatever the unit); narrow it with `priors={"b": ...}`.
 """
 
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from bayescale.law import Law, Param
+from bayescale.law import Law, Param, input_log_mean
 from bayescale.models import priors
 
 
@@ -47,6 +49,10 @@ SATURATING_POWER_LAW = Law(
 )
 
 
+def _offset_prior(stats):
+    return dist.LogNormal(input_log_mean(stats, "x"), 3.0)
+
+
 def _offset_mean(p, x):
     return p["d"] + jnp.exp(jnp.log(p["a"]) - p["c"] * jnp.log(x["x"] + p["b"]))
 
@@ -59,7 +65,7 @@ OFFSET_POWER_LAW = Law(
         # The pivot is at the geometric mean of x, not x + b: still an exact change of variables, and close
         # to the decorrelating one wherever b is small against the data's x.
         "a": Param(priors.coefficient(), "reducible loss at x + b = 1", pivot=("x", "c")),
-        "b": Param(dist.LogNormal(0.0, 5.0), "offset of x (x-units): the curve behaves as if b were seen already"),
+        "b": Param(_offset_prior, "offset of x (x-units): the curve behaves as if b were seen already"),
         "c": Param(priors.exponent(), "scaling exponent (positive: y = d + a (x + b)^-c)"),
     },
     mean=_offset_mean,

@@ -14,13 +14,20 @@ Pretraining" (arXiv:2503.04715): from ~3,700 runs, eta_opt = 1.79 N^-0.713 D^0.3
   the smallest loss; lr_opt LogNormal(log 1e-3, 2); batch_opt LogNormal(log 1e6, 2) tokens (Step Law's values
   for 0.1-10B models at 0.1-2T tokens lie within a factor e^2 of these); curvatures q LogNormal(log 0.02, 1.5)
   (nats per squared e-fold: a factor-of-e miss costs ~0.01-0.05 nats).
+- `step_law_surface` (inputs N, D, lr, batch): the loss of any run of a sweep across sizes, the bowl around
+  an optimum that moves with N and D as Step Law says:
+  L = E + A N^-alpha + B D^-beta + q_lr log(lr / lr_opt)^2 + q_batch log(batch / batch_opt)^2,
+  lr_opt = c_lr N^-a_lr D^b_lr, batch_opt = c_batch D^b_batch. The floor of the bowl is the Chinchilla
+  law (its priors, `bayescale.models.chinchilla`), the optimum's laws have the priors of `step_law_lr` and
+  `step_law_batch`, the curvatures those of `lr_batch_bowl`. Fitted to every run of the sweeps (not only each
+  sweep's best), different model sizes are not pooled into one bowl: each (N, D) has its own optimum.
 """
 
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from bayescale.law import Law, Param
-from bayescale.models import priors
+from bayescale.models import chinchilla, priors
 
 
 def _lr_mean(p, x):
@@ -86,4 +93,35 @@ LR_BATCH_BOWL = Law(
     description="loss over a (learning rate, batch size) sweep at one N, D: a bowl in logs",
     form="L = L_min + q_lr log(lr/lr_opt)^2 + q_batch log(batch/batch_opt)^2",
     reference="Li et al. 2025, arXiv:2503.04715",
+)
+
+
+def _surface_mean(p, x):
+    log_n, log_d = jnp.log(x["N"]), jnp.log(x["D"])
+    floor = p["E"] + jnp.exp(jnp.log(p["A"]) - p["alpha"] * log_n) + jnp.exp(jnp.log(p["B"]) - p["beta"] * log_d)
+    log_lr_opt = jnp.log(p["c_lr"]) - p["a_lr"] * log_n + p["b_lr"] * log_d
+    log_batch_opt = jnp.log(p["c_batch"]) + p["b_batch"] * log_d
+    return (floor + p["q_lr"] * (jnp.log(x["lr"]) - log_lr_opt) ** 2
+            + p["q_batch"] * (jnp.log(x["batch"]) - log_batch_opt) ** 2)
+
+
+_FLOOR = chinchilla.CHINCHILLA.params
+STEP_LAW_SURFACE = Law(
+    name="step_law_surface",
+    inputs=("N", "D", "lr", "batch"),
+    params={
+        "E": _FLOOR["E"], "A": _FLOOR["A"], "alpha": _FLOOR["alpha"], "B": _FLOOR["B"], "beta": _FLOOR["beta"],
+        "c_lr": Param(STEP_LAW_LR.params["c"].prior, "optimal-lr coefficient (published 1.79)"),
+        "a_lr": Param(STEP_LAW_LR.params["a"].prior, "optimal-lr exponent of N, negative power (published 0.713)"),
+        "b_lr": Param(STEP_LAW_LR.params["b"].prior, "optimal-lr exponent of D (published 0.307)"),
+        "c_batch": Param(STEP_LAW_BATCH.params["c"].prior, "optimal-batch coefficient (published 0.58)"),
+        "b_batch": Param(STEP_LAW_BATCH.params["b"].prior, "optimal-batch exponent of D (published 0.571)"),
+        "q_lr": Param(_CURVATURE, "curvature in log learning rate"),
+        "q_batch": Param(_CURVATURE, "curvature in log batch size"),
+    },
+    mean=_surface_mean,
+    description="loss at any (N, D, lr, batch): a bowl around Step Law's optimum, floor the Chinchilla law",
+    form="L = E + A/N^alpha + B/D^beta + q_lr log(lr/lr_opt)^2 + q_batch log(batch/batch_opt)^2, "
+         "lr_opt = c_lr N^-a_lr D^b_lr, batch_opt = c_batch D^b_batch",
+    reference="Li et al. 2025, arXiv:2503.04715; Hoffmann et al. 2022",
 )

@@ -227,6 +227,57 @@ def test_job_fit_files_load_and_match_summary(killed_and_resumed):
     assert np.isclose(np.median(bs.draws(fit)["alpha"]), row["alpha_q50"])
 
 
+def test_a_job_predicts_each_groups_held_out_rows_like_fit_and_predict(tmp_path, single):
+    """A long table, one data set per group: each is fitted on its training rows (split column False) and
+    predicts its own held-out rows; the summary carries the group's metadata. Checked against fit() +
+    predict() of the same rows with the same seed (to Monte Carlo error). `single` is requested only so that
+    the 35-run fit program is compiled once for this module."""
+    parts = []
+    for i, lab in enumerate(["lab_a", "lab_b"]):
+        t = simulate_chinchilla(num_runs=40, seed=40 + i)
+        held = np.zeros(40, bool)
+        held[np.argsort(t.N * t.D)[-5:]] = True  # the five largest-compute runs of each group
+        parts.append(t.assign(set=f"g{i}", lab=lab, test=held))
+    table = pd.concat(parts, ignore_index=True)
+    spec = {"data": {"table": table, "group_by": "set", "split": "test", "metadata": ["lab"]},
+            "laws": ["chinchilla"], "output": str(tmp_path / "out"), "shard_size": 2, "pad_runs": WIDTH,
+            "sampler": {"num_warmup": SETTINGS.num_warmup, "num_samples": SETTINGS.num_samples, "num_chains": 4}}
+    job = job_from_mapping(spec)
+    result = run_job(job, progress=False)
+    summary = result.summary.set_index("dataset")
+    assert list(summary["lab"]) == ["lab_a", "lab_b"] and (summary["num_runs"] == 35).all()
+    predicted = pd.read_parquet(job.output / "predictions.parquet")
+    assert len(predicted) == 10 and set(predicted["dataset"]) == {"g0", "g1"}
+    for name, part in table.groupby("set"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bs.ConvergenceWarning)
+            alone = bs.fit(part[~part.test], LAW, settings=SETTINGS, seed=job.seed_of(name))
+        want = alone.predict(part[part.test], seed=alone.seed).quantiles((0.05, 0.5, 0.95))
+        got = predicted[predicted.dataset == name]
+        assert got["row"].tolist() == [str(i) for i in part.index[part.test]]
+        np.testing.assert_allclose(got["loss"], part.loss[part.test])
+        for column in ("mean_q50", "new_run_q5", "new_run_q95"):
+            np.testing.assert_allclose(got[column], want[column], rtol=0.01, err_msg=f"{name} {column}")
+
+
+def test_job_priors_split_and_metadata_are_checked(tmp_path):
+    from bayescale.jobs import JobError, job_priors
+
+    table = simulate_chinchilla(num_runs=12, seed=3).assign(set="a", lab="x", test=False)
+    base = {"data": {"table": table, "group_by": "set"}, "laws": ["chinchilla"], "output": str(tmp_path / "o")}
+    job = job_from_mapping({**base, "priors": {"sigma": "HalfNormal(0.05)"}})
+    assert float(job_priors(job)["sigma"].scale) == 0.05
+    with pytest.raises(JobError, match="not one of the distributions"):
+        job_from_mapping({**base, "priors": {"sigma": "eval(1)"}})
+    with pytest.raises(JobError, match="split column 'test' must hold booleans"):
+        job_from_mapping({**base, "data": {**base["data"], "table": table.assign(test="no"), "split": "test"}})
+    with pytest.raises(JobError, match="every row is held out"):
+        job_from_mapping({**base, "data": {**base["data"], "table": table.assign(test=True), "split": "test"}})
+    mixed = table.assign(lab=["x"] * 6 + ["y"] * 6)
+    with pytest.raises(JobError, match="metadata column 'lab' holds 2 values in data set 'a'"):
+        job_from_mapping({**base, "data": {**base["data"], "table": mixed, "metadata": ["lab"]}})
+
+
 def test_job_file_errors_name_the_key(tmp_path):
     from bayescale.jobs import JobError, load_job
 

@@ -70,7 +70,7 @@ def test_every_family_is_in_the_catalogue():
     names = set(bs.laws())
     for name in ("power_law", "offset_power_law", "compute_power_law", "overtrain", "data_constrained",
                  "broken_power_law", "kaplan_steps", "precision", "parscale", "moe", "vocabulary",
-                 "step_law_lr", "step_law_batch", "lr_batch_bowl", "finetune", "average_params", "lr_annealing", "bounded_power_law"):
+                 "step_law_lr", "step_law_batch", "lr_batch_bowl", "finetune", "average_params", "lr_annealing", "bounded_power_law", "step_law_surface"):
         assert name in names, name
     for law in bs.laws().values():
         if law.numpyro_model is None:
@@ -411,6 +411,41 @@ def test_step_law_map_recovers_published_lr_law():
     lr = 1.79 * N**-0.713 * D**0.307 * np.exp(0.03 * rng.standard_normal(N.size))
     map_recovery(pd.DataFrame({"N": N, "D": D, "lr": lr}), "step_law_lr", {"a": 0.713, "b": 0.307},
                  y="lr", rtol=0.1)
+
+
+STEP_SURFACE_TRUTH = {"E": 1.8, "A": 480.0, "alpha": 0.35, "B": 2000.0, "beta": 0.37, "c_lr": 1.79, "a_lr": 0.713,
+                      "b_lr": 0.307, "c_batch": 0.58, "b_batch": 0.571, "q_lr": 0.03, "q_batch": 0.01}
+
+
+def step_surface_table(seed=0, sigma=0.003):
+    """Sweeps of learning rate (5 values around the optimum) and batch size (3) at 6 (N, D) pairs, N and D
+    crossed so that the optimum's N and D exponents are told apart; the optimum is Step Law's published one."""
+    rng = np.random.default_rng(seed)
+    t = STEP_SURFACE_TRUTH
+    rows = []
+    for N in (1e8, 4e8, 1.6e9):
+        for D in (2e10, 1e11):
+            lr_opt = t["c_lr"] * N ** -t["a_lr"] * D ** t["b_lr"]
+            batch_opt = t["c_batch"] * D ** t["b_batch"]
+            for lr in lr_opt * np.array([0.25, 0.5, 1.0, 2.0, 4.0]):
+                for batch in batch_opt * np.array([0.5, 1.0, 2.0]):
+                    floor = t["E"] + t["A"] / N ** t["alpha"] + t["B"] / D ** t["beta"]
+                    loss = floor + t["q_lr"] * np.log(lr / lr_opt) ** 2 + t["q_batch"] * np.log(batch / batch_opt) ** 2
+                    rows.append({"N": N, "D": D, "lr": lr, "batch": batch, "loss": loss})
+    table = pd.DataFrame(rows)
+    table["loss"] = noisy(table["loss"].to_numpy(), sigma, rng)
+    return table
+
+
+def test_step_law_surface_map_recovers_the_published_optimum():
+    map_recovery(step_surface_table(), "step_law_surface", {k: STEP_SURFACE_TRUTH[k] for k in
+                 ("c_lr", "a_lr", "b_lr", "c_batch", "b_batch", "q_lr", "q_batch")},
+                 rtol={"c_lr": 0.5, "a_lr": 0.05, "b_lr": 0.1, "c_batch": 0.5, "b_batch": 0.05, "q_lr": 0.1, "q_batch": 0.2})
+
+
+@pytest.mark.slow
+def test_step_law_surface_nuts_recovers_the_published_optimum():
+    nuts_recovery(step_surface_table(), "step_law_surface", STEP_SURFACE_TRUTH, settings=FULL)
 
 
 def test_lr_batch_bowl_has_its_minimum_at_the_optimum():

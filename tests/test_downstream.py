@@ -1,6 +1,7 @@
 """Downstream chain (bayescale.downstream): simulated-chain recovery with coverage, Binomial vs Beta
 likelihoods, masks for missing loss / metrics, input validation, and the real over-training reproduction."""
 
+import dataclasses
 import functools
 import warnings
 
@@ -50,7 +51,7 @@ def binomial_fit(simulated):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ds.fit_downstream(table, tasks=tasks, items=dict(zip(tasks, ITEMS)), chance=dict(zip(tasks, CHANCE)),
-                                 metric_likelihood="binomial", **small())
+                                 link="link_exponential", metric_likelihood="binomial", **small())
 
 
 def test_simulated_chain_recovered_with_coverage(simulated, binomial_fit):
@@ -78,7 +79,8 @@ def test_simulated_chain_recovered_with_coverage(simulated, binomial_fit):
 def test_prediction_at_new_run_covers_truth(simulated, binomial_fit):
     _, tasks, truth = simulated
     N, D = 1.5e9, 3e11
-    prediction = binomial_fit.predict({"N": N, "D": D})
+    prediction = binomial_fit.predict({"N": N, "D": D}, error=True)
+    assert prediction.output == "error"
     true_loss = LOSS["E"] + LOSS["A"] / N ** LOSS["alpha"] + LOSS["B"] / D ** LOSS["beta"]
     lo, hi = np.quantile(prediction.loss[:, 0], [0.05, 0.95])
     assert lo <= true_loss <= hi
@@ -114,6 +116,7 @@ def test_run_effect_recovers_shared_offsets_and_widens_the_task_average(tmp_path
     table.to_csv(tmp_path / "runs.csv", index=False)
     # The run-effect chain through the CLI and a saved file: the flag reaches the model and survives loading.
     code = main(["fit-downstream", str(tmp_path / "runs.csv"), "--task", ",".join(tasks), "--run-effect",
+                 "--link", "link_exponential",
                  "--metric-likelihood", "binomial", "--chains", "2", "--warmup", "250", "--draws", "250",
                  *[a for t in tasks for a in ("--items", f"{t}=2000", "--chance", f"{t}=0.1")],
                  "--out", str(tmp_path / "runs.nc")])
@@ -122,7 +125,7 @@ def test_run_effect_recovers_shared_offsets_and_widens_the_task_average(tmp_path
     assert with_runs.spec.run_effect
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        without = ds.fit_downstream(table, tasks=tasks, items=dict.fromkeys(tasks, 2000),
+        without = ds.fit_downstream(table, tasks=tasks, items=dict.fromkeys(tasks, 2000), link="link_exponential",
                                     chance=dict.fromkeys(tasks, 0.1), metric_likelihood="binomial", **small())
     post = with_runs.data.posterior
     lo, hi = np.quantile(np.asarray(post["run_effect_sd"]).ravel(), [0.05, 0.95])
@@ -135,7 +138,7 @@ def test_run_effect_recovers_shared_offsets_and_widens_the_task_average(tmp_path
     at = table[["N", "D"]]
     widths, misses = [], []
     for fit in (with_runs, without):
-        average = fit.predict(at, loss=table.loss.to_numpy(), seed=1).average_new_run
+        average = fit.predict(at, loss=table.loss.to_numpy(), seed=1, error=True).average_new_run
         q5, q95 = np.quantile(average, [0.05, 0.95], axis=0)
         measured = 1 - table[tasks].mean(axis=1).to_numpy()
         widths.append(np.mean(q95 - q5))
@@ -176,7 +179,7 @@ def test_beta_without_items_is_wider_than_binomial(simulated, binomial_fit):
     table, tasks, _ = simulated
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        beta = ds.fit_downstream(table, tasks=tasks, chance=dict(zip(tasks, CHANCE)), **small())
+        beta = ds.fit_downstream(table, tasks=tasks, chance=dict(zip(tasks, CHANCE)), link="link_exponential", **small())
     assert beta.spec.metric_likelihood.family == "beta"
     assert "phi" in beta.data.posterior
     # Binomial knows the exact item noise; Beta must learn its spread: its link is less certain.
@@ -299,7 +302,13 @@ def test_cli_predict_downstream_json_and_bad_task(tmp_path, capsys, simulated, b
     path = binomial_fit.save(tmp_path / "chain.nc")
     assert main(["predict-downstream", str(path), "--at", "N=1e9,D=2e10", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["output"] == "error" and {r["quantity"] for r in out["rows"]} == {"loss", "average", *binomial_fit.tasks}
+    assert out["output"] == "accuracy" and {r["quantity"] for r in out["rows"]} == {"loss", "average", *binomial_fit.tasks}
+    # One convention for every link: accuracies, errors on request (this chain's link models the error).
+    assert main(["predict-downstream", str(path), "--at", "N=1e9,D=2e10", "--json", "--error"]) == 0
+    errors = json.loads(capsys.readouterr().out)
+    assert errors["output"] == "error"
+    rows = lambda payload: {r["quantity"]: r for r in payload["rows"]}  # noqa: E731
+    assert rows(errors)["acc_t0"]["q50"] == pytest.approx(1 - rows(out)["acc_t0"]["q50"], abs=2e-3)
     table, tasks, _ = simulated
     csv = tmp_path / "runs.csv"
     table.to_csv(csv, index=False)
@@ -423,6 +432,117 @@ def test_shared_link_parameter_is_one_value_for_all_tasks(simulated):
     assert gamma.shape == (50, 3) and np.all(gamma == gamma[:, :1]) and np.ptp(gamma[:, 0]) > 0
     assert not np.all(d == d[:, :1])  # the others still vary by task
     with pytest.raises(ValueError, match="chance"):
-        ds.fit_downstream(table, tasks=tasks, shared=["eps"])
+        ds.fit_downstream(table, tasks=tasks, link="link_exponential", shared=["eps"])
+    with pytest.raises(ValueError, match="chance"):
+        ds.fit_downstream(table, tasks=tasks, shared=["floor"])  # the sigmoid's floor is the task's chance level
     with pytest.raises(KeyError, match="kappa"):
         ds.fit_downstream(table, tasks=tasks, shared=["kappa"])
+
+
+# ---- link-only rows: checkpoints inform the link, not the loss law ----
+
+def with_checkpoints(seed=0, fraction=0.4, bump=0.03):
+    """`simulate()`'s finished runs plus one intermediate checkpoint per run at `fraction` of its tokens, with
+    a loss `bump` above the law (the learning rate has not annealed) and accuracies from the same link at
+    that measured loss: the link holds there, the loss law does not."""
+    table, tasks, truth = simulate(seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    ckpt = table[["N", "D"]].copy()
+    ckpt["D"] = ckpt["D"] * fraction
+    law = LOSS["E"] + LOSS["A"] / ckpt.N ** LOSS["alpha"] + LOSS["B"] / ckpt.D ** LOSS["beta"]
+    ckpt["loss"] = law * (1 + bump) * np.exp(0.01 * rng.standard_normal(len(ckpt)))
+    err = truth["eps"][:, None] - truth["d"][:, None] * np.exp(-truth["gamma"][:, None] * (ckpt.loss.to_numpy()[None] - 3.0))
+    acc = rng.binomial(ITEMS[:, None], np.clip(1 - err, 0, 1)) / ITEMS[:, None]
+    for i, name in enumerate(tasks):
+        ckpt[name] = acc[i]
+    both = pd.concat([table.assign(final=True), ckpt.assign(final=False)], ignore_index=True)
+    return both, tasks, truth
+
+
+def test_link_only_rows_are_left_out_of_the_loss_law_exactly():
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    both, tasks, _ = with_checkpoints()
+    law = bayescale.get_law("chinchilla")
+    runs = ds.downstream_runs(both, law, tasks=tasks, items=dict(zip(tasks, ITEMS)), finished="final")
+    assert runs.law_mask.sum() == 12 and runs.loss_mask.all()
+    spec = ds.ChainSpec(law, bayescale.get_law("link_exponential"), bayescale.Likelihood(), ds.MetricLikelihood("binomial"))
+    model = ds.chain_model(spec)
+    args, kwargs = ds.model_inputs(runs, spec.metric_likelihood)
+    trace = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
+    latent = {k: s["value"] for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}
+    no_metrics = {**kwargs, "metric_mask": kwargs["metric_mask"] & False}
+
+    def density(stats_loss=None, **change):
+        a = args if stats_loss is None else ds.model_inputs(dataclasses.replace(runs, loss=stats_loss), spec.metric_likelihood)[0]
+        return float(log_density(model, a, {**no_metrics, **change}, latent)[0])
+
+    base = density()
+    # Without accuracies, a checkpoint's loss reaches nothing: not the loss likelihood, not the prior on E
+    # (uniform below the smallest *finished* loss; this checkpoint loss is below them all).
+    lower = runs.loss.copy()
+    lower[15] = 0.5 * runs.loss.min()
+    assert density(stats_loss=lower, loss=kwargs["loss"].at[15].set(lower[15])) == pytest.approx(base, rel=0, abs=1e-8)
+    assert abs(density(loss=kwargs["loss"].at[3].set(9.0)) - base) > 1e-3      # a finished run's loss counts
+    # With accuracies, the checkpoint's loss is the link's input.
+    with_metrics = float(log_density(model, args, kwargs, latent)[0])
+    moved = float(log_density(model, args, {**kwargs, "loss": kwargs["loss"].at[15].set(2.0)}, latent)[0])
+    assert abs(moved - with_metrics) > 1e-3
+    with pytest.raises(DataError, match="link-only rows .* need a measured loss.*rows 14"):
+        ds.downstream_runs(both.assign(loss=both.loss.where(both.index != 14)), law, tasks=tasks, finished="final")
+    with pytest.raises(DataError, match="finished-run column 'final' must hold booleans"):
+        ds.downstream_runs(both.assign(final="yes"), law, tasks=tasks, finished="final")
+
+
+@pytest.mark.slow
+def test_link_only_checkpoints_keep_the_loss_law_and_narrow_the_link():
+    """Fitted with its checkpoints (link only), the chain's loss law is the one fitted without them (to Monte
+    Carlo error) and the link's posterior is narrower: 24 loss -> accuracy pairs instead of 12."""
+    both, tasks, _ = with_checkpoints()
+    settings = dict(num_warmup=500, num_samples=1000, num_chains=4, map_starts=8)
+    common = dict(tasks=tasks, items=dict(zip(tasks, ITEMS)), chance=dict(zip(tasks, CHANCE)),
+                  link="link_exponential", metric_likelihood="binomial", **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = ds.fit_downstream(both[both.final].drop(columns="final"), **common)
+        linked = ds.fit_downstream(both, finished="final", **common)
+    post_a, post_l = alone.data.posterior, linked.data.posterior
+    ess_a, ess_l = alone.summary()["ess_bulk"], linked.summary()["ess_bulk"]
+    for name in ("E", "A", "alpha", "B", "beta", "sigma"):
+        a, b = np.log(np.asarray(post_a[name]).ravel()), np.log(np.asarray(post_l[name]).ravel())
+        mcse = np.sqrt(a.var() / ess_a[name] + b.var() / ess_l[name])
+        print(f"{name}: log mean {a.mean():.4f} vs {b.mean():.4f} (MCSE {mcse:.4f}), sd {a.std():.4f} vs {b.std():.4f}")
+        assert abs(a.mean() - b.mean()) < 4 * mcse, name
+        assert np.isclose(a.std(), b.std(), rtol=0.25), name
+    ratios = [np.asarray(post_l[n]).reshape(-1, len(tasks)).std(axis=0) / np.asarray(post_a[n]).reshape(-1, len(tasks)).std(axis=0)
+              for n in ("d", "gamma")]
+    print("link sd ratios (with / without checkpoints):", np.round(ratios, 2))
+    assert np.mean(ratios) < 0.85, ratios
+
+
+def test_link_prior_check_flags_a_midpoint_in_the_wrong_unit(simulated):
+    """The link's prior predictive at the runs' losses: the default (loss-relative) sigmoid priors reach the
+    simulated accuracies; a midpoint two orders of magnitude below the losses with a firm steepness (a link
+    at its floor over the whole ladder, as if the losses were in another unit) cannot, and the fit warns."""
+    import jax
+    import numpyro.distributions as dist
+
+    from bayescale.model import prior_draws
+
+    table, tasks, _ = simulated
+    law = bs.get_law("chinchilla")
+    runs = ds.downstream_runs(table, law, tasks=tasks, items=dict(zip(tasks, ITEMS)), chance=dict(zip(tasks, CHANCE)))
+    metric = ds.MetricLikelihood("binomial")
+    args, kwargs = ds.model_inputs(runs, metric)
+    found = {}
+    for label, link in (("default", bs.get_law("link_sigmoid")),
+                        ("wrong unit", bs.get_law("link_sigmoid").with_priors(
+                            {"L0": dist.LogNormal(np.log(0.03), 0.1), "k": dist.LogNormal(np.log(3.0), 0.1)}))):
+        spec = ds.ChainSpec(law, link, bs.Likelihood(), metric)
+        draws = prior_draws(ds.chain_model(spec), jax.random.PRNGKey(0), args, kwargs, 400)
+        found[label] = ds.link_prior_check(spec, runs, {n: np.asarray(draws[n]) for n in link.params})
+    assert found["default"]["checked"] == 36 and found["default"]["outside"] == 0, found
+    assert found["wrong unit"]["outside"] > 18 and set(found["wrong unit"]["tasks"]) <= set(tasks), found
+    with pytest.warns(bs.PriorWarning, match=r"outside the 99% prior predictive band of link 'link_sigmoid'"):
+        ds.warn_if_link_prior_misses(found["wrong unit"], bs.get_law("link_sigmoid"))

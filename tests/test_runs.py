@@ -115,6 +115,15 @@ def test_duplicate_runs_name_rows():
     assert len(runs_from_table(t, LAW, allow_repeats=True)) == 7
 
 
+def test_repeated_inputs_that_differ_in_another_column_are_called_different_setups():
+    """A learning-rate sweep at two model sizes: the bowl's inputs (lr, batch) repeat across sizes, and the
+    message says the rows differ in N instead of advising to pool them as seeds."""
+    sweep = pd.DataFrame({"lr": [1e-3, 2e-3, 4e-3] * 2, "batch": [1e6] * 6, "N": [1e8] * 3 + [1e9] * 3,
+                          "loss": [3.1, 3.0, 3.05, 2.6, 2.5, 2.55]})
+    with pytest.raises(DataError, match=r"rows 0, 3; they differ in columns \['N'\].*different setups"):
+        runs_from_table(sweep, bs.get_law("lr_batch_bowl"))
+
+
 def test_too_few_points_for_the_law():
     with pytest.raises(DataError, match=r"law 'chinchilla' has 5 parameters .*the table has 5 runs, fewer than the 6"):
         runs_from_table(table().iloc[:5], LAW)
