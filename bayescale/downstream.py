@@ -64,6 +64,7 @@ POOLINGS = ("partial", "none")
 # Spread of a pooled parameter across tasks, on its unconstrained scale: HalfNormal(1) lets tasks differ by
 # up to a factor ~e^2 in k or gamma while still shrinking small, noisy tasks towards the others.
 TAU_PRIOR = dist.HalfNormal(1.0)
+CENTERINGS = ("auto", "noncentered", "centered")
 # Scale of a run's offset on the logit of all its tasks' accuracies: 0.2 lets a run sit ~0.05 above or below
 # the link at accuracy 0.5 on every task at once; larger shifts need the data to ask for them.
 RUN_EFFECT_PRIOR = dist.HalfNormal(0.2)
@@ -261,6 +262,7 @@ class ChainSpec:
     pooling: str = "partial"
     shared: tuple[str, ...] = ()  # link parameters with one value for every task
     run_effect: bool = False  # a logit offset shared by all tasks of a run
+    centered: tuple[float, ...] | None = None  # per task: 1 = pooled values sampled centered (`informative_tasks`)
 
     def pooled(self, name: str, task_stats: Mapping[str, Any]) -> bool:
         """A link parameter is pooled across tasks unless its prior is task-level (`task_level`)."""
@@ -312,7 +314,13 @@ def _sample_run_effect(num_runs: int):
     return numpyro.deterministic("run_effect", scale * z)
 
 
-def _sample_task_param(name: str, prior: dist.Distribution, pooled: bool, num_tasks: int, shared: bool = False):
+def _sample_task_param(name: str, prior: dist.Distribution, pooled: bool, num_tasks: int, shared: bool = False,
+                       centered=None):
+    """A link parameter per task: shared (one value), independent (the declared prior per task), or pooled
+    around a center with spread tau on the unconstrained scale. A pooled task's value is sampled
+    non-centered (z ~ Normal(0, 1), u = T^-1(center) + tau z: no funnel when the task says little about it)
+    or centered (u ~ Normal(T^-1(center), tau): no funnel when the task pins it down), task by task as
+    `centered` (0 or 1 per task; Papaspiliopoulos, Roberts and Skold 2007) says; value = T(u)."""
     if shared:
         value = numpyro.sample(f"_{name}_shared", prior)
         return numpyro.deterministic(name, jnp.broadcast_to(value, (num_tasks,)))
@@ -322,9 +330,32 @@ def _sample_task_param(name: str, prior: dist.Distribution, pooled: bool, num_ta
     to_constrained = biject_to(prior.support)
     center = numpyro.sample(f"{name}_center", prior)
     tau = numpyro.sample(f"{name}_tau", TAU_PRIOR)
+    loc = to_constrained.inv(center)
+    c = jnp.zeros(num_tasks) if centered is None else jnp.asarray(centered, float)
     with numpyro.plate("task", num_tasks):
-        z = numpyro.sample(f"_{name}_z", dist.Normal(0.0, 1.0))
-    return numpyro.deterministic(name, to_constrained(to_constrained.inv(center) + tau * z))
+        z = numpyro.sample(f"_{name}_z", dist.Normal(c * loc, tau**c))
+    return numpyro.deterministic(name, to_constrained(loc + tau ** (1.0 - c) * (z - c * loc)))
+
+
+# A task whose accuracies move across the runs by more than this many binomial sds pins its link down: its
+# pooled values are sampled centered; a task within its noise (near chance, or flat) non-centered.
+INFORMATIVE_SPREAD = 3.0
+
+
+def informative_tasks(runs: DownstreamRuns) -> tuple[float, ...]:
+    """1.0 for each task whose observed accuracies vary across runs by more than `INFORMATIVE_SPREAD` times
+    their binomial standard error (100 items assumed when the count is unknown), else 0.0: how each task's
+    pooled link parameters are parametrised (`_sample_task_param`)."""
+    items = np.full(len(runs.tasks), 100.0) if runs.items is None else np.asarray(runs.items, float)
+    flags = []
+    for t in range(len(runs.tasks)):
+        acc = runs.accuracy[t][runs.metric_mask[t]]
+        if acc.size < 2:
+            flags.append(0.0)
+            continue
+        p = np.clip(acc.mean(), 1e-3, 1 - 1e-3)
+        flags.append(float(acc.std(ddof=1) > INFORMATIVE_SPREAD * np.sqrt(p * (1 - p) / items[t])))
+    return tuple(flags)
 
 
 _MODELS: dict[tuple, tuple[ChainSpec, Any]] = {}
@@ -337,7 +368,7 @@ def chain_model(spec: ChainSpec):
     `y` is unused (the engine's generic prior draws pass it)."""
     # Laws hold dicts (unhashable): key on their identity, and keep the spec to check it is the same one.
     key = (id(spec.loss_law), id(spec.link), spec.loss_likelihood, spec.metric_likelihood, spec.pooling, spec.shared,
-           spec.run_effect)
+           spec.run_effect, spec.centered)
     if key in _MODELS and _MODELS[key][0].loss_law is spec.loss_law and _MODELS[key][0].link is spec.link:
         return _MODELS[key][1]
     law, link, metric_lik = spec.loss_law, spec.link, spec.metric_likelihood
@@ -363,13 +394,13 @@ def chain_model(spec: ChainSpec):
         num_tasks = task_stats["chance"].shape[0]
         link_params = {
             name: _sample_task_param(name, resolve_prior(p.prior, task_stats), spec.pooled(name, task_stats), num_tasks,
-                                     shared=name in spec.shared)
+                                     shared=name in spec.shared, centered=spec.centered)
             for name, p in link.params.items()
         }
         phi = None
         if metric_lik.has_concentration:
             prior = resolve_prior(metric_lik.phi_prior, task_stats)
-            phi = _sample_task_param("phi", prior, spec.pooling == "partial", num_tasks)[:, None]
+            phi = _sample_task_param("phi", prior, spec.pooling == "partial", num_tasks, centered=spec.centered)[:, None]
         value = link.mean({k: v[:, None] for k, v in link_params.items()}, {"L": run_loss[None, :]})
         p_correct = correct_from_output(link.output, value)
         if spec.run_effect:
@@ -544,6 +575,7 @@ def fit_downstream(
     num_prior_draws: int = 200,
     thresholds: Thresholds = Thresholds(),
     finished: str | None = None,
+    centering: str = "auto",
 ) -> DownstreamFit:
     """Fit loss law and link to one table of runs: inputs of the loss law (N, D, ...; `columns` maps them),
     a `loss_column` and one accuracy column per task in `tasks` (fractions; empty cells are missing).
@@ -567,6 +599,9 @@ def fit_downstream(
     (`ConvergenceWarning`) and sets `converged` False.
     `finished`: a boolean column marking finished runs; rows where it is False are link-only (intermediate
     checkpoints): their measured loss and accuracies inform the link, and the loss law never sees them.
+    `centering`: how pooled task-level values are sampled: "auto" (centered for the tasks whose accuracies
+    move well beyond their noise, `informative_tasks`; non-centered for the others), "noncentered" or
+    "centered" for every task.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -595,7 +630,12 @@ def fit_downstream(
     per_task = [n for n in shared if task_level(link.params[n].prior, args[2])]
     if per_task:
         raise ValueError(f"link parameters {per_task} have priors that read each task's chance level: they cannot be shared")
-    spec = ChainSpec(loss_law, link, loss_likelihood, metric_likelihood, pooling, tuple(shared), bool(run_effect))
+    if centering not in CENTERINGS:
+        raise ValueError(f"unknown centering {centering!r}; choose one of {', '.join(CENTERINGS)}")
+    centered = {"auto": informative_tasks(runs), "noncentered": None,
+                "centered": (1.0,) * len(runs.tasks)}[centering]
+    spec = ChainSpec(loss_law, link, loss_likelihood, metric_likelihood, pooling, tuple(shared), bool(run_effect),
+                     centered)
     settings = settings or SamplerSettings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains)
 
     model = chain_model(spec)
@@ -800,6 +840,7 @@ def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
         "pooling": spec.pooling,
         "shared": list(spec.shared),
         "run_effect": spec.run_effect,
+        "centered": None if spec.centered is None else list(spec.centered),
         "tasks": list(fit.runs.tasks),
         "labels": [str(v) for v in fit.runs.labels],
         "sources": fit.runs.sources,
@@ -841,7 +882,8 @@ def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law 
     loss_law = loss_law.with_priors({k: v for k, v in priors.items() if k in loss_law.params})
     link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
     spec = ChainSpec(loss_law, link, Likelihood(**meta["loss_likelihood"]),
-                     MetricLikelihood(**meta["metric_likelihood"]), meta["pooling"], tuple(meta["shared"]), meta["run_effect"])
+                     MetricLikelihood(**meta["metric_likelihood"]), meta["pooling"], tuple(meta["shared"]), meta["run_effect"],
+                     None if meta.get("centered") is None else tuple(meta["centered"]))
     constant = dt.constant_data
     runs = DownstreamRuns(
         x={k: np.asarray(constant[k]) for k in loss_law.inputs},

@@ -546,3 +546,27 @@ def test_link_prior_check_flags_a_midpoint_in_the_wrong_unit(simulated):
     assert found["wrong unit"]["outside"] > 18 and set(found["wrong unit"]["tasks"]) <= set(tasks), found
     with pytest.warns(bs.PriorWarning, match=r"outside the 99% prior predictive band of link 'link_sigmoid'"):
         ds.warn_if_link_prior_misses(found["wrong unit"], bs.get_law("link_sigmoid"))
+
+
+def test_centered_and_noncentered_tasks_have_the_same_prior(simulated):
+    """Sampling a task's pooled values centered or non-centered is a change of variables: the prior of the
+    link parameters is the same (to Monte Carlo error over 4,000 prior draws), only the geometry differs."""
+    import jax
+
+    from bayescale.model import prior_draws
+
+    table, tasks, _ = simulated
+    law = bs.get_law("chinchilla")
+    runs = ds.downstream_runs(table, law, tasks=tasks, items=dict(zip(tasks, ITEMS)), chance=dict(zip(tasks, CHANCE)))
+    assert ds.informative_tasks(runs) == (1.0, 1.0, 1.0)  # every simulated task moves far beyond its noise
+    flat = runs.accuracy.copy()
+    flat[0] = 0.25                                          # a task stuck at chance says nothing about its link
+    assert ds.informative_tasks(dataclasses.replace(runs, accuracy=flat))[0] == 0.0
+    metric = ds.MetricLikelihood("binomial")
+    args, kwargs = ds.model_inputs(runs, metric)
+    quantiles = {}
+    for centered in (None, (1.0, 0.0, 1.0)):
+        spec = ds.ChainSpec(law, bs.get_law("link_exponential"), bs.Likelihood(), metric, centered=centered)
+        draws = prior_draws(ds.chain_model(spec), jax.random.PRNGKey(1), args, kwargs, 4000)
+        quantiles[centered] = np.quantile(np.log(np.asarray(draws["gamma"])), [0.1, 0.5, 0.9], axis=0)
+    np.testing.assert_allclose(quantiles[None], quantiles[(1.0, 0.0, 1.0)], atol=0.12)
