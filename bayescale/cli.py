@@ -362,7 +362,7 @@ def cmd_fit_downstream(args) -> int:
             columns=parse_columns(args.column), items=items, chance=chance, likelihood=args.likelihood,
             metric_likelihood=args.metric_likelihood, pooling=args.pooling,
             shared=[n for item in args.shared or [] for n in item.split(",") if n], run_effect=args.run_effect,
-            finished=args.finished, num_warmup=args.warmup,
+            finished=args.finished, centering=args.centering, num_warmup=args.warmup,
             num_samples=args.draws, num_chains=args.chains, seed=args.seed,
         )
     for w in caught:
@@ -553,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
     p.add_argument("--metric-likelihood", default="auto", choices=["auto", "binomial", "beta_binomial", "beta"])
     p.add_argument("--pooling", default="partial", choices=["partial", "none"])
+    p.add_argument("--centering", default="auto", choices=["auto", "noncentered", "centered"],
+                   help="how pooled task-level values are sampled (auto: centered for tasks that move beyond their noise)")
     p.add_argument("--shared", action="append", metavar="PARAM[,PARAM...]", help="link parameter(s) with one value for all tasks")
     p.add_argument("--run-effect", action="store_true",
                    help="a logit offset shared by all tasks of a run (runs better or worse than their loss on every task)")

@@ -96,6 +96,7 @@ def test_student_t_resists_outliers():
     assert error(robust) < error(normal)
 
 
+@pytest.mark.slow  # slow tier: the default run's 10-minute budget (2026-12-02 clean-clone run: 15:09 for 208 tests)
 def test_known_standard_errors_enter_the_likelihood():
     truth = dict(BESIROGLU)
     table = simulate_chinchilla(truth, num_runs=40, sigma=0.02, seed=2)

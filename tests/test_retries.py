@@ -55,6 +55,7 @@ def table():
     return simulate_chinchilla(BESIROGLU, num_runs=30, sigma=0.01, seed=5)
 
 
+@pytest.mark.slow  # slow tier: the default run's 10-minute budget (2026-12-02 clean-clone run: 15:09 for 208 tests); the batch retry test stays
 def test_a_failed_fit_is_rerun_with_escalated_settings_says_so_and_saves_it(table, tmp_path):
     # 2 chains x 40 warm-up + 60 draws cannot reach 200 effective draws: the first attempt must fail.
     # (retries=0 leaving a failed fit as it is: tests/test_cli.py, --retries 0.)
