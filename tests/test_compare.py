@@ -1,7 +1,8 @@
 """compare(), model averaging and `bayescale compare` on simulated Chinchilla-law data.
 
-Fast tier: one data set from the Chinchilla law, fitted by the Chinchilla law and two rivals (Kaplan, a
-power law in N alone); the comparison must prefer the true family by evidence and
+Every test here is in the slow tier (`pytest -m slow`): the fixture's fits and evidence took 73 s of the
+default run's 10-minute budget (2026-12-02). One data set from the Chinchilla law, fitted by the Chinchilla
+law and two rivals (Kaplan, a power law in N alone); the comparison must prefer the true family by evidence and
 LOO, give coherent probabilities and weights, and the averaged prediction must be the weighted mixture.
 Slow tier: over 10 seeds, against four rivals (the three and a compute-only power law): the issue asks for
 >= 9 of 10 picks of the true family.
@@ -20,6 +21,8 @@ from bayescale.averaging import average_predict, mixture_counts
 from bayescale.backtest import ranking_values
 from bayescale.compare import compare, holdout_mask, waic
 from conftest import simulate_chinchilla
+
+pytestmark = pytest.mark.slow
 
 FAMILIES = {  # name -> (law, columns)
     "chinchilla": ("chinchilla", {}),

@@ -107,6 +107,7 @@ def test_known_standard_errors_enter_the_likelihood():
     np.testing.assert_allclose(fit.runs.se, table["se"])
 
 
+@pytest.mark.slow  # slow tier: the default run's 10-minute budget (2026-12-02 clean-clone runs: 15:09 for 208 tests, 11:57 for 202)
 def test_prior_override_changes_the_posterior(simulated):
     _, table, _ = simulated
     tight = bs.fit(

@@ -44,6 +44,7 @@ def test_prediction_input_is_validated(fit):
         bs.predict(fit, {"N": 1e9})
 
 
+@pytest.mark.slow  # slow tier: the default run's 10-minute budget (2026-12-02 clean-clone runs: 15:09 for 208 tests, 11:57 for 202)
 def test_a_table_like_the_fitted_one_is_predicted_at_as_is():
     """Columns mapped at fit time (N -> "params") are found again; other columns (names, the output) are
     left alone instead of being read as inputs."""
@@ -143,6 +144,7 @@ def test_a_user_law_in_a_few_lines_fits_saves_and_reloads(tmp_path):
     assert bs.load(tmp_path / "user.nc", law=law).summary().loc["beta", "q50"] == pytest.approx(fit.summary().loc["beta", "q50"])
 
 
+@pytest.mark.slow  # slow tier: the default run's 10-minute budget (2026-12-02 clean-clone runs: 15:09 for 208 tests, 11:57 for 202)
 def test_a_raw_numpyro_model_is_accepted():
     def model(x, stats, y=None, se=None, mask=None):
         E = numpyro.sample("E", dist.Uniform(0.0, stats["y_min"]))
