@@ -55,7 +55,7 @@ def table():
     return simulate_chinchilla(BESIROGLU, num_runs=30, sigma=0.01, seed=5)
 
 
-@pytest.mark.slow  # slow tier: the default run's 10-minute budget (2026-12-02 clean-clone run: 15:09 for 208 tests); the batch retry test stays
+@pytest.mark.slow  # slow tier: the default run's 10-minute budget (2026-12-02 clean-clone run: 15:09 for 208 tests)
 def test_a_failed_fit_is_rerun_with_escalated_settings_says_so_and_saves_it(table, tmp_path):
     # 2 chains x 40 warm-up + 60 draws cannot reach 200 effective draws: the first attempt must fail.
     # (retries=0 leaving a failed fit as it is: tests/test_cli.py, --retries 0.)
@@ -76,6 +76,9 @@ def test_a_failed_fit_is_rerun_with_escalated_settings_says_so_and_saves_it(tabl
     assert again.attempts == fit.attempts
 
 
+@pytest.mark.slow  # slow tier: the default run's 10-minute budget (2026-12-02 clean-clone runs: 191 tests in 9:47 and
+# 10:27 with it, 43 s); it caught the crash of merging per-start MAP values (688635f): run `pytest -m slow` before
+# changing bayescale.batch or bayescale.retries
 def test_batch_refits_only_its_failed_members_in_a_second_pass(table):
     # ~25 s cold with the sequential CPU batch. An R-hat failure among the members makes the second pass run
     # 4x the MAP starts: the per-start MAP values must not be merged into the first pass's (a bug the
