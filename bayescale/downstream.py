@@ -337,6 +337,15 @@ def _sample_task_param(name: str, prior: dist.Distribution, pooled: bool, num_ta
     return numpyro.deterministic(name, to_constrained(loc + tau ** (1.0 - c) * (z - c * loc)))
 
 
+# The number of items a task's binomial noise is judged by when the table does not give it.
+ASSUMED_ITEMS = 100.0
+
+
+def item_counts(runs: DownstreamRuns) -> np.ndarray:
+    """Each task's number of items as floats, `ASSUMED_ITEMS` for every task when the counts are unknown."""
+    return np.full(len(runs.tasks), ASSUMED_ITEMS) if runs.items is None else np.asarray(runs.items, float)
+
+
 # A task whose accuracies move across the runs by more than this many binomial sds pins its link down: its
 # pooled values are sampled centered; a task within its noise (near chance, or flat) non-centered.
 INFORMATIVE_SPREAD = 3.0
@@ -346,7 +355,7 @@ def informative_tasks(runs: DownstreamRuns) -> tuple[float, ...]:
     """1.0 for each task whose observed accuracies vary across runs by more than `INFORMATIVE_SPREAD` times
     their binomial standard error (100 items assumed when the count is unknown), else 0.0: how each task's
     pooled link parameters are parametrised (`_sample_task_param`)."""
-    items = np.full(len(runs.tasks), 100.0) if runs.items is None else np.asarray(runs.items, float)
+    items = item_counts(runs)
     flags = []
     for t in range(len(runs.tasks)):
         acc = runs.accuracy[t][runs.metric_mask[t]]
@@ -671,7 +680,7 @@ def link_prior_check(spec: ChainSpec, runs: DownstreamRuns, prior: Mapping[str, 
     # The band is of the expected accuracy; an observed fraction also carries its sampling noise (1.0 on a
     # task of 500 items is what p = 0.995 gives), so it counts as outside only beyond 3 binomial sds
     # (100 items assumed when the count is unknown) and half an item.
-    items = (np.full(len(runs.tasks), 100.0) if runs.items is None else np.asarray(runs.items, float))[:, None]
+    items = item_counts(runs)[:, None]
     margin_lo = 3 * np.sqrt(lo * (1 - lo) / items) + 0.5 / items
     margin_hi = 3 * np.sqrt(hi * (1 - hi) / items) + 0.5 / items
     with np.errstate(invalid="ignore"):
