@@ -836,14 +836,17 @@ def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
     `bayescale_downstream`. Laws are stored by name with their declaration (inputs, parameters, form):
     catalogue laws and laws registered with `bayescale.register_law` load by themselves; any other law is
     passed to `load_downstream`, which refuses a law that does not match the declaration."""
-    from bayescale.persistence import law_declaration
+    from bayescale.persistence import law_declaration, law_fingerprint
 
     path = Path(path)
     spec = fit.spec
+    posterior = fit.data.posterior
+    drawn = {k: posterior[k].values for k in (*spec.loss_law.params, *spec.link.params) if k in posterior}
+    inputs = {**{k: np.asarray(v) for k, v in fit.runs.x.items()}, "L": np.asarray(fit.runs.loss)}
     meta = {
         "format_version": FORMAT_VERSION,
-        "loss_law": law_declaration(spec.loss_law),
-        "link": law_declaration(spec.link),
+        "loss_law": law_declaration(spec.loss_law, law_fingerprint(spec.loss_law, drawn, inputs)),
+        "link": law_declaration(spec.link, law_fingerprint(spec.link, drawn, {"L": inputs["L"][np.isfinite(inputs["L"])]})),
         "loss_likelihood": spec.loss_likelihood.to_dict(),
         "metric_likelihood": spec.metric_likelihood.to_dict(),
         "pooling": spec.pooling,
@@ -875,10 +878,12 @@ def is_downstream_file(path: str | Path) -> bool:
     return "bayescale_downstream" in dt.attrs
 
 
-def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law | None = None) -> DownstreamFit:
+def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law | None = None,
+                    allow_changed_law: bool = False) -> DownstreamFit:
     """A saved downstream fit. `loss_law` / `link`: the Law objects, for laws that are neither in the
     catalogue nor registered (`bayescale.register_law`); they must carry the saved names, inputs and
-    parameters."""
+    parameters, and compute what the saved ones computed (`allow_changed_law=True` loads a changed formula
+    with a warning instead of refusing it)."""
     from bayescale.persistence import prior_from_json, read_fit_file, saved_law
 
     path = Path(path)
@@ -886,8 +891,9 @@ def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law 
     priors = {k: prior_from_json(v) for k, v in meta["priors"].items()}
     priors = {k: v for k, v in priors.items() if v is not None}
     loss_law = saved_law(path, meta["loss_law"], loss_law, role="loss law",
-                         pass_as="load_downstream(path, loss_law=<the Law>)")
-    link = saved_law(path, meta["link"], link, role="link", pass_as="load_downstream(path, link=<the Law>)")
+                         pass_as="load_downstream(path, loss_law=<the Law>)", allow_changed_law=allow_changed_law)
+    link = saved_law(path, meta["link"], link, role="link", pass_as="load_downstream(path, link=<the Law>)",
+                     allow_changed_law=allow_changed_law)
     loss_law = loss_law.with_priors({k: v for k, v in priors.items() if k in loss_law.params})
     link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
     spec = ChainSpec(loss_law, link, Likelihood(**meta["loss_likelihood"]),

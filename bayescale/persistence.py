@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,63 @@ def prior_from_json(spec: dict[str, Any]):
     return getattr(dist, spec["distribution"])(**{k: np.asarray(v) for k, v in spec["args"].items()})
 
 
-def law_declaration(law: Law) -> dict[str, Any]:
+# Probe points of a law's own derivations: every source at these values (positive, below 1 and above, so
+# fractions and counts both give finite values); the targets they give are recorded in the fingerprint.
+_DERIVATION_PROBES = (0.37, 2.5e9)
+FINGERPRINT_RTOL = 1e-6
+
+
+def law_fingerprint(law: Law, params: Mapping[str, Any], x: Mapping[str, Any], runs: int = 8) -> dict[str, Any] | None:
+    """What the law computes, recorded numerically so a changed formula is caught at load time (a law with
+    the same name, inputs and parameters but another mean function or derivation would otherwise read the
+    posterior against the wrong formula). The mean function at one posterior draw (`params`: the first value
+    of each parameter) and the first `runs` fitted runs (`x`), and each of the law's own derivations at fixed
+    probe values. Comparing numbers rather than source text survives refactoring that keeps the formula.
+    None for a law given as a raw NumPyro model, or when the draw or inputs are not at hand."""
+    if law.mean is None or any(name not in params for name in law.params) or any(k not in x for k in law.inputs):
+        return None
+    point = {name: float(np.ravel(np.asarray(params[name]))[0]) for name in law.params}
+    inputs = {k: np.asarray(x[k], float).ravel()[:runs] for k in law.inputs}
+    values = np.asarray(law.mean(point, inputs), float)
+    derived = {}
+    for rule in law.derivations:
+        for probe in _DERIVATION_PROBES:
+            try:
+                value = float(np.asarray(rule.compute(*[probe] * len(rule.sources))))
+            except Exception:  # noqa: BLE001  a derivation undefined at the probe is recorded as such
+                value = None
+            value = value if value is not None and np.isfinite(value) else None
+            derived[f"{rule.target}<-{','.join(rule.sources)}@{probe:g}"] = value
+    return {"params": point, "inputs": {k: v.tolist() for k, v in inputs.items()},
+            "values": np.broadcast_to(values, next(iter(inputs.values())).shape).tolist(), "derived": derived}
+
+
+def fingerprint_mismatch(law: Law, recorded: Mapping[str, Any] | None) -> str | None:
+    """Why `law` does not compute what `recorded` (a `law_fingerprint`) says, or None when it does."""
+    if not recorded or law.mean is None:
+        return None
+    values = np.asarray(law.mean(recorded["params"], {k: np.asarray(v) for k, v in recorded["inputs"].items()}), float)
+    expected = np.asarray(recorded["values"], float)
+    values = np.broadcast_to(values, expected.shape)
+    if not np.allclose(values, expected, rtol=FINGERPRINT_RTOL, atol=0.0, equal_nan=True):
+        worst = int(np.nanargmax(np.abs(values - expected) / np.maximum(np.abs(expected), 1e-300)))
+        return (f"its mean function gives {values[worst]:.6g} where the saved law gave {expected[worst]:.6g} "
+                f"(same parameters {recorded['params']}, same inputs)")
+    now = (law_fingerprint(law, recorded["params"], recorded["inputs"]) or {}).get("derived", {})
+    saved = recorded.get("derived", {})
+    changed = sorted(key for key in set(now) | set(saved)
+                     if (now.get(key) is None) != (saved.get(key) is None)
+                     or (now.get(key) is not None and not np.isclose(now[key], saved[key], rtol=FINGERPRINT_RTOL, atol=0.0)))
+    if changed:
+        return f"its derivations differ from the saved law's (at {', '.join(changed[:3])})"
+    return None
+
+
+def law_declaration(law: Law, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the file records of the law: enough to read the posterior without the code, and to refuse a
-    law whose inputs or parameters differ from the ones the fit was made with."""
+    law whose inputs, parameters or formula (`law_fingerprint`) differ from the ones the fit was made with."""
     return {
+        "fingerprint": fingerprint,
         "name": law.name,
         "inputs": list(law.inputs),
         "output": law.output,
@@ -62,7 +116,9 @@ def save(fit, path: str | Path) -> Path:
     meta = {
         "format_version": FORMAT_VERSION,
         "law": fit.law.name,
-        "law_declaration": law_declaration(fit.law),
+        "law_declaration": law_declaration(fit.law, law_fingerprint(
+            fit.law, {k: fit.data.posterior[k].values for k in fit.law.params if k in fit.data.posterior},
+            {k: fit.data.constant_data[k].values for k in fit.law.inputs if k in fit.data.constant_data})),
         "likelihood": fit.likelihood.to_dict(),
         "priors": {name: prior_to_json(p) for name, p in fit.priors.items()},
         "settings": fit.settings.to_dict(),
@@ -104,10 +160,12 @@ def read_fit_file(path: str | Path, attribute: str = "bayescale", kind: str = "f
 
 
 def saved_law(path: str | Path, declaration: dict[str, Any], given: Law | None, *, role: str = "law",
-              pass_as: str = "load(path, law=<the Law>)") -> Law:
+              pass_as: str = "load(path, law=<the Law>)", allow_changed_law: bool = False) -> Law:
     """The law a saved fit was made with: `given`, else the catalogue's (or registered) law of the saved
     name. Refused, naming the file, when the name, inputs or parameters differ from `declaration` (what
-    `law_declaration` recorded at save time): the posterior would be read against the wrong law."""
+    `law_declaration` recorded at save time), or when it computes something else (`law_fingerprint`: another
+    formula or derivation under the same name): the posterior would be read against the wrong law.
+    `allow_changed_law=True` turns the last refusal into a warning (e.g. a law corrected on purpose)."""
     name = declaration["name"]
     if given is None:
         try:
@@ -120,15 +178,25 @@ def saved_law(path: str | Path, declaration: dict[str, Any], given: Law | None, 
             f"{list(declaration['params'])}; {role} {given.name!r} has inputs {list(given.inputs)} and parameters "
             f"{list(given.params)}"
         )
+    mismatch = fingerprint_mismatch(given, declaration.get("fingerprint"))
+    if mismatch:
+        message = (f"{path}: the {role} {name!r} given now is not the one the fit was made with: {mismatch}. "
+                   "Forecasts from this posterior would use another formula")
+        if not allow_changed_law:
+            raise ValueError(message + "; pass allow_changed_law=True to load it anyway (at your own risk), or refit")
+        warnings.warn(message + " (allow_changed_law=True)", UserWarning, stacklevel=3)
     return given
 
 
-def load(path: str | Path, law: Law | None = None):
+def load(path: str | Path, law: Law | None = None, *, allow_changed_law: bool = False):
+    """A saved fit. `law`: the Law, for laws neither in the catalogue nor registered; it must have the saved
+    name, inputs and parameters, and compute what the saved law computed (a formula changed since the save
+    is refused unless `allow_changed_law=True`)."""
     from bayescale.fit import Fit
 
     path = Path(path)
     dt, meta = read_fit_file(path)
-    law = saved_law(path, meta["law_declaration"], law)
+    law = saved_law(path, meta["law_declaration"], law, allow_changed_law=allow_changed_law)
     priors = {}
     for name, spec in meta["priors"].items():
         prior = prior_from_json(spec)

@@ -278,6 +278,10 @@ def test_load_refuses_a_link_that_does_not_match_the_saved_declaration(tmp_path,
     sigmoid = dataclasses.replace(bs.get_law("link_sigmoid"), name=binomial_fit.link.name)  # same name, other law
     with pytest.raises(ValueError, match="parameters \\['eps', 'd', 'gamma'\\]; link 'link_exponential' has inputs"):
         ds.load_downstream(path, link=sigmoid)
+    # Same name and parameters, another formula: refused by the recorded fingerprint.
+    shifted = dataclasses.replace(binomial_fit.link, mean=lambda p, x: binomial_fit.link.mean(p, {"L": x["L"] * 1.01}))
+    with pytest.raises(ValueError, match="the link 'link_exponential' given now is not the one the fit was made with"):
+        ds.load_downstream(path, link=shifted)
     # A file from an older format is refused by name, not misread.
     dt = az.from_netcdf(path, engine="h5netcdf")
     meta = json.loads(dt.attrs["bayescale_downstream"])

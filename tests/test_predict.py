@@ -142,6 +142,23 @@ def test_a_user_law_in_a_few_lines_fits_saves_and_reloads(tmp_path):
     with pytest.raises(ValueError, match="the fit was made with law 'test_data_limited' of inputs \\['D'\\]"):
         bs.load(tmp_path / "user.nc", law=bs.get_law("chinchilla"))
     assert bs.load(tmp_path / "user.nc", law=law).summary().loc["beta", "q50"] == pytest.approx(fit.summary().loc["beta", "q50"])
+    # Same name, inputs and parameters, another formula: the posterior would be read against the wrong law.
+    import dataclasses
+
+    other = dataclasses.replace(law, mean=lambda p, x: p["E"] + p["B"] * (2 * x["D"]) ** -p["beta"])
+    with pytest.raises(ValueError, match="user.nc: the law 'test_data_limited' given now is not the one the fit was "
+                                         "made with: its mean function gives"):
+        bs.load(tmp_path / "user.nc", law=other)
+    with pytest.warns(UserWarning, match="allow_changed_law=True"):
+        bs.load(tmp_path / "user.nc", law=other, allow_changed_law=True)
+    # A changed derivation of the law's own is caught too.
+    from bayescale import persistence
+
+    derived = dataclasses.replace(law, derivations=(bs.Derivation("D", ("T",), lambda T: 2 * T),))
+    declaration = persistence.law_declaration(derived, persistence.law_fingerprint(derived, {"E": 1.0, "B": 2.0, "beta": 0.3}, {"D": [1e9]}))
+    assert persistence.saved_law("f.nc", declaration, derived) is derived
+    with pytest.raises(ValueError, match="f.nc: .* its derivations differ from the saved law's \\(at D<-T@0.37"):
+        persistence.saved_law("f.nc", declaration, dataclasses.replace(law, derivations=(bs.Derivation("D", ("T",), lambda T: 3 * T),)))
 
 
 @pytest.mark.slow  # slow tier: the default run's 10-minute budget (2026-12-02 clean-clone runs: 15:09 for 208 tests, 11:57 for 202)
