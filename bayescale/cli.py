@@ -316,30 +316,28 @@ def cmd_batch(args) -> int:
     return 0
 
 
-def _likelihood_scale(law) -> str:
-    """Where the law's likelihood lives: "log y" for a positive output, "y" for a signed one."""
-    if law.numpyro_model is not None:
-        return "(own model)"
-    return "log y" if law.output_scale == "log" else "y"
+def _catalogue_rows() -> dict[str, dict[str, str]]:
+    """The catalogue's listing, read from the JSON index shipped with the law modules (no JAX import: the
+    answer comes at once); `bayescale.law.catalogue_listing` builds it, and a test keeps it current."""
+    from importlib.resources import files
+
+    return json.loads((files("bayescale.models") / "catalogue.json").read_text(encoding="utf-8"))
+
+
+def _plain_table(rows: dict[str, dict[str, str]], columns: list[str]) -> str:
+    """A left-aligned text table (no pandas: `laws` must answer without heavy imports)."""
+    header = ["", *columns]
+    body = [[name, *(str(row[c]) for c in columns)] for name, row in rows.items()]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *body])
 
 
 def cmd_laws(args) -> int:
-    import pandas as pd
-
-    import bayescale as bs
-
-    catalogue = bs.laws()
-    rows = {
-        name: {"inputs": ", ".join(law.inputs), "output": law.output, "scale": _likelihood_scale(law),
-               "zero_allowed": ", ".join(law.nonnegative_inputs),
-               "parameters": ", ".join(law.param_names) or "(numpyro model)",
-               "form": law.form, "reference": law.reference, "description": law.description}
-        for name, law in catalogue.items()
-    }
+    rows = _catalogue_rows()
     if args.json:
         _json(rows)
     else:
-        _print_table(pd.DataFrame(rows).T[["inputs", "output", "scale", "form"]])
+        print(_plain_table(rows, ["inputs", "output", "scale", "form"]))
     return 0
 
 

@@ -266,6 +266,46 @@ def laws() -> dict[str, Law]:
     return dict(sorted(found.items()))
 
 
+# The catalogue's listing as JSON next to the law modules: `bayescale laws` reads it without importing JAX
+# (the laws themselves are jax.numpy functions, and importing them costs seconds). A test regenerates it from
+# the live catalogue and fails when it is stale: `python -m bayescale.law` rewrites it.
+CATALOGUE_INDEX = "catalogue.json"
+
+
+def likelihood_scale(law: Law) -> str:
+    """Where the law's likelihood lives: "log y" for a positive output, "y" for a signed one."""
+    if law.numpyro_model is not None:
+        return "(own model)"
+    return "log y" if law.output_scale == "log" else "y"
+
+
+def catalogue_listing(catalogue: Mapping[str, Law] | None = None) -> dict[str, dict[str, str]]:
+    """One row per law (inputs, output, likelihood scale, inputs allowed at zero, parameters, form, paper,
+    description), as `bayescale laws` prints it; by default the catalogue without registered laws."""
+    if catalogue is None:
+        catalogue = {name: law for name, law in laws().items() if name not in _REGISTERED}
+    return {
+        name: {"inputs": ", ".join(law.inputs), "output": law.output, "scale": likelihood_scale(law),
+               "zero_allowed": ", ".join(law.nonnegative_inputs),
+               "parameters": ", ".join(law.param_names) or "(numpyro model)",
+               "form": law.form, "reference": law.reference, "description": law.description}
+        for name, law in catalogue.items()
+    }
+
+
+def write_catalogue_index() -> str:
+    """Rewrite the catalogue's listing (`CATALOGUE_INDEX` in the models package) from the live catalogue."""
+    import json
+
+    import bayescale.models as catalogue
+
+    path = f"{catalogue.__path__[0]}/{CATALOGUE_INDEX}"
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(catalogue_listing(), out, indent=1, sort_keys=True, ensure_ascii=False)
+        out.write("\n")
+    return path
+
+
 def get_law(name: str | Law) -> Law:
     if isinstance(name, Law):
         return name
@@ -273,3 +313,10 @@ def get_law(name: str | Law) -> Law:
     if name not in available:
         raise KeyError(f"unknown law {name!r}; available: {', '.join(available)}")
     return available[name]
+
+
+if __name__ == "__main__":
+    # Through the imported module: run as a script, this file's Law class is not the one the laws are made of.
+    from bayescale.law import write_catalogue_index as write
+
+    print(f"wrote {write()}")

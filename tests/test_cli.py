@@ -68,6 +68,24 @@ def test_laws_json(capsys):
     assert not missing, missing
 
 
+def test_laws_listing_is_the_live_catalogue_and_needs_no_jax():
+    # `bayescale laws` reads models/catalogue.json so it answers without importing JAX; the index must be
+    # exactly what the law modules declare (regenerate with `python -m bayescale.law`).
+    import subprocess
+    import sys
+    from importlib.resources import files
+
+    from bayescale.law import catalogue_listing
+
+    shipped = json.loads((files("bayescale.models") / "catalogue.json").read_text(encoding="utf-8"))
+    assert shipped == catalogue_listing(), "models/catalogue.json is stale: run `python -m bayescale.law`"
+    code = ("import sys, io, contextlib; from bayescale.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n    main(['laws'])\n"
+            "print('jax' in sys.modules, 'pandas' in sys.modules, 'chinchilla' in out.getvalue())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False", "True"]
+
+
 def test_bad_input_exits_2_with_the_column_named(fitted, capsys):
     directory, _ = fitted
     bad = directory / "bad.csv"
