@@ -104,6 +104,12 @@ def _numeric_column(table: pd.DataFrame, column: str, role: str, labels: np.ndar
             else "booleans (True/False)" if pd.api.types.is_bool_dtype(series) else None)
     if kind is not None:
         raise DataError(f"column {column!r} ({role}) holds {kind}, not numbers; convert it to the quantity's units")
+    if series.dtype == object:
+        # A mixed column: complex numbers would lose their imaginary part and booleans become 0/1 silently.
+        odd = series.map(lambda v: isinstance(v, complex | np.complexfloating | bool | np.bool_)).to_numpy(dtype=bool)
+        if odd.any():
+            raise DataError(f"column {column!r} ({role}) holds booleans or complex numbers, not real numbers, at rows "
+                            f"{_rows(labels, odd)}")
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     text = table[column].notna().to_numpy() & np.isnan(values)
     if text.any():
@@ -184,7 +190,9 @@ def resolve_inputs(
         changed = False
         for rule in derivations:
             if rule.target not in values and all(s in values for s in rule.sources):
-                values[rule.target] = rule.compute(*(values[s] for s in rule.sources))
+                # Overflow or division by zero gives inf/NaN here, which intake then refuses by row.
+                with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                    values[rule.target] = rule.compute(*(values[s] for s in rule.sources))
                 how[rule.target] = rule.description or f"{rule.target} from {', '.join(rule.sources)}"
                 changed = True
     missing = [k for k in needed if k not in values]
@@ -308,8 +316,8 @@ def runs_from_table(
             keys[f"run {sequence[0]}"] = table[sequence[0]].to_numpy()
         dup = keys.duplicated(keep=False).to_numpy()
         if dup.any():
-            groups = keys[dup].groupby(list(keys.columns), sort=False).groups
-            first = list(groups.values())[0]
+            # The rows that share the first repeated key (exact equality: the inputs are finite floats).
+            first = np.flatnonzero((keys == keys[dup].iloc[0]).all(axis=1).to_numpy())
             # Rows that share the law's inputs but differ elsewhere may be different setups (model sizes in a
             # learning-rate sweep), not seeds: pooling them with allow_repeats would be a different model.
             rows = table.iloc[list(first)]
