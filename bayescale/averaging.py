@@ -153,14 +153,14 @@ def mix_downstream(predictions: Mapping[str, Any], weights: Mapping[str, float],
     w = normalised_weights(weights, names)
     first = predictions[names[0]]
     for name, p in predictions.items():
-        if p.tasks != first.tasks or len(p.points) != len(first.points):
-            raise ValueError(f"prediction {name!r} is not at the same points and tasks as {names[0]!r}")
+        if p.tasks != first.tasks or p.composites != first.composites or len(p.points) != len(first.points):
+            raise ValueError(f"prediction {name!r} is not at the same points, tasks and composites as {names[0]!r}")
     outputs = {p.output for p in predictions.values()}
     output = outputs.pop() if len(outputs) == 1 else "accuracy"
 
     def values(p, table):
         return {t: table[t] if p.output == output else correct_from_output(p.output, table[t])
-                for t in p.tasks}
+                for t in (*p.tasks, *p.composites)}
 
     converted = {name: (values(p, p.metric), values(p, p.new_run)) for name, p in predictions.items()}
     picks, order = mixture_draws(w, [len(predictions[n].loss) for n in names], num_draws, np.random.default_rng(seed))
@@ -171,10 +171,11 @@ def mix_downstream(predictions: Mapping[str, Any], weights: Mapping[str, float],
     return DownstreamPrediction(
         points=first.points,
         loss=mixed(lambda n: predictions[n].loss),
-        metric={t: mixed(lambda n: converted[n][0][t]) for t in first.tasks},
-        new_run={t: mixed(lambda n: converted[n][1][t]) for t in first.tasks},
+        metric={t: mixed(lambda n: converted[n][0][t]) for t in (*first.tasks, *first.composites)},
+        new_run={t: mixed(lambda n: converted[n][1][t]) for t in (*first.tasks, *first.composites)},
         output=output,
         tasks=first.tasks,
+        composites=first.composites,
     )
 
 

@@ -31,6 +31,23 @@ def _key_values(text: str, what: str) -> dict[str, str]:
     return out
 
 
+def parse_composite(text: str) -> tuple[str, dict[str, float]]:
+    """`--composite mmlu=stem:3018+humanities:4705+...` (weights) or `mmlu=stem+humanities+...` (equal)."""
+    name, sep, parts = text.partition("=")
+    if not sep or not name.strip() or not parts.strip():
+        raise ValueError(f"--composite: expected NAME=TASK[:WEIGHT]+TASK[:WEIGHT]..., got {text!r}")
+    weights = {}
+    for part in parts.split("+"):
+        task, colon, weight = part.partition(":")
+        if not task.strip() or (colon and not weight.strip()):
+            raise ValueError(f"--composite {name}: expected TASK or TASK:WEIGHT, got {part!r}")
+        try:
+            weights[task.strip()] = float(weight) if colon else 1.0
+        except ValueError:
+            raise ValueError(f"--composite {name}: weight {weight!r} of {task.strip()!r} is not a number") from None
+    return name.strip(), weights
+
+
 def parse_columns(items: list[str]) -> dict[str, str]:
     columns = {}
     for item in items or []:
@@ -353,6 +370,14 @@ def cmd_fit_downstream(args) -> int:
         items = {k: v for k, v in _key_values(",".join(args.items), "--items").items()}
     if args.chance:
         chance = {k: float(v) for k, v in _key_values(",".join(args.chance), "--chance").items()}
+    composites = dict(parse_composite(text) for text in args.composite or [])
+    evaluations = None
+    if args.evaluations:
+        given = _key_values(",".join(args.evaluations), "--evaluations")
+        unknown = sorted(set(given) - set(tasks))
+        if unknown:
+            raise ValueError(f"--evaluations: {unknown} are not among the tasks {tasks}")
+        evaluations = {t: given.get(t, 1) for t in tasks}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bs.ConvergenceWarning)
         result = downstream.fit_downstream(
@@ -360,7 +385,8 @@ def cmd_fit_downstream(args) -> int:
             columns=parse_columns(args.column), items=items, chance=chance, likelihood=args.likelihood,
             metric_likelihood=args.metric_likelihood, pooling=args.pooling,
             shared=[n for item in args.shared or [] for n in item.split(",") if n], run_effect=args.run_effect,
-            finished=args.finished, centering=args.centering, num_warmup=args.warmup,
+            finished=args.finished, centering=args.centering, composites=composites, evaluations=evaluations,
+            num_warmup=args.warmup,
             num_samples=args.draws, num_chains=args.chains, seed=args.seed,
         )
     for w in caught:
@@ -414,7 +440,8 @@ def cmd_predict_downstream(args) -> int:
     table = pd.concat([p.quantiles(levels) for p in predictions], ignore_index=True)
     if args.json:
         _json({"converged": all(f.converged for f in fits.values()), "output": predictions[0].output,
-               "tasks": list(predictions[0].tasks), "rows": table.to_dict(orient="records")})
+               "tasks": list(predictions[0].tasks), "composites": predictions[0].composites,
+               "rows": table.to_dict(orient="records")})
     else:
         _print_table(table)
     return 0
@@ -548,6 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata-prefix", default="acc_", help="prefix of the task columns not in the metadata names")
     p.add_argument("--items", action="append", metavar="COLUMN=N", help="number of items of a task")
     p.add_argument("--chance", action="append", metavar="COLUMN=P", help="chance accuracy of a task (fraction)")
+    p.add_argument("--composite", action="append", metavar="NAME=TASK[:WEIGHT]+...",
+                   help="a score reported as the weighted mean of task columns (equal weights without :WEIGHT); "
+                        "predicted from its parts, checked against a column NAME if the table has one")
+    p.add_argument("--evaluations", action="append", metavar="COLUMN=K",
+                   help="a task's accuracy averages K evaluations of the same items (needs --items)")
     p.add_argument("--likelihood", default="normal", choices=["normal", "student_t"])
     p.add_argument("--metric-likelihood", default="auto", choices=["auto", "binomial", "beta_binomial", "beta"])
     p.add_argument("--pooling", default="partial", choices=["partial", "none"])

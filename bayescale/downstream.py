@@ -82,6 +82,8 @@ class DownstreamRuns:
     loss: np.ndarray
     accuracy: np.ndarray
     tasks: tuple[str, ...]
+    # The number of answers each task's accuracy is a fraction of: its items times the evaluations averaged
+    # (`evaluations`), or None when unknown.
     items: np.ndarray | None
     chance: np.ndarray
     labels: np.ndarray
@@ -90,6 +92,11 @@ class DownstreamRuns:
     # Which rows are finished runs (the loss law's data); the others are "link only", e.g. intermediate
     # checkpoints whose learning rate has not annealed: their measured loss informs the link, not the law.
     finished: np.ndarray | None = None
+    # Composite tasks: name -> {task: weight} (weights summing to 1): a score reported as a weighted mean of
+    # fitted tasks (MMLU of its subsets). Not fitted themselves; predicted as that mean of the tasks' draws.
+    composites: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Evaluations averaged into each task's accuracy (e.g. the last 3 checkpoints on the same items), or None.
+    evaluations: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -140,13 +147,23 @@ def downstream_runs(
     chance: Mapping[str, float] | Sequence[float] | None = None,
     allow_repeats: bool = False,
     finished: str | None = None,
+    composites: Mapping[str, Mapping[str, float] | Sequence[str]] | None = None,
+    evaluations: Mapping[str, int] | Sequence[int] | None = None,
 ) -> DownstreamRuns:
     """Validate a table of runs with a loss column and one accuracy column per task (fractions in [0, 1];
     empty cells are missing values and are masked, never dropped). `items`: number of items of each task
     (positive integers), `chance`: each task's chance accuracy (fraction), both keyed by task column.
     `finished`: a boolean column, True for finished runs and False for rows that inform the link only
     (intermediate checkpoints: their loss is measured, but they are not the end of a run the loss law
-    describes); None: every row is a finished run."""
+    describes); None: every row is a finished run.
+    `composites`: scores reported as a weighted mean of tasks, {"mmlu": {"mmlu_stem": 3018, ...}} (weights,
+    normalised to sum 1) or {"mmlu": ["mmlu_stem", ...]} (equal weights). Each part is a task of its own (its
+    own items and link); the composite is not fitted (it would count its parts' data twice) but predicted as
+    the weighted mean of its parts' draws. A table column named like the composite is checked against that
+    mean (within half a percentage point), so wrong weights are caught.
+    `evaluations`: per task, how many evaluations on the same items each accuracy averages (e.g. the last
+    few checkpoints); the accuracy is then a fraction of items x evaluations answers, counted as such with
+    the Beta-Binomial's extra-binomial spread absorbing the evaluations' correlation. Needs `items`."""
     table = read_table(source)
     tasks = tuple(str(t) for t in tasks)
     if not tasks:
@@ -200,22 +217,41 @@ def downstream_runs(
         if not (finished_mask & ~np.isnan(loss)).any():
             raise DataError(f"no finished run (column {finished!r} True) has a loss: the loss law has no data")
 
-    item_values = _per_task(items, tasks, "items")
+    item_values = _positive_integers(_per_task(items, tasks, "items"), tasks, "items",
+                                     "the number of questions of each task")
+    evaluation_values = _positive_integers(_per_task(evaluations, tasks, "evaluations"), tasks, "evaluations",
+                                           "how many evaluations each task's accuracy averages")
+    if evaluation_values is not None and item_values is None:
+        raise DataError("evaluations need items: an average of evaluations is counted as items x evaluations answers")
     if item_values is not None:
-        numbers = pd.to_numeric(pd.Series(item_values), errors="coerce").to_numpy(dtype=float)
-        bad = ~np.isfinite(numbers) | (numbers < 1) | (numbers != np.round(numbers))
-        if bad.any():
-            shown = ", ".join(f"{t}={v!r}" for t, v, b in zip(tasks, item_values, bad) if b)
-            raise DataError(f"items must be positive integers (the number of questions of each task); got {shown}")
-        item_values = numbers.astype(int)
+        if evaluation_values is not None:
+            item_values = item_values * evaluation_values
         correct = accuracy * item_values[:, None]
         off = np.abs(correct - np.round(correct)) > 0.01
         off &= ~np.isnan(accuracy)
         if off.any():
             t = int(np.argwhere(off)[0][0])
+            counted = "items x evaluations" if evaluation_values is not None else "items"
             raise DataError(
-                f"task column {tasks[t]!r}: accuracy x items ({item_values[t]}) is not a whole number of correct "
-                f"answers at rows {_rows(labels, off[t])}; check items, or leave items out to use a Beta likelihood"
+                f"task column {tasks[t]!r}: accuracy x {counted} ({item_values[t]}) is not a whole number of correct "
+                f"answers at rows {_rows(labels, off[t])}; check items, declare an average of several evaluations "
+                "(evaluations=...) or a composite of subtasks (composites=...), or leave items out to use a Beta likelihood"
+            )
+    composite_weights = _composite_weights(composites, tasks)
+    for name, weights in composite_weights.items():
+        if name not in table.columns:
+            continue
+        reported = numeric(name, f"composite {name}")
+        parts = accuracy[[tasks.index(t) for t in weights]]
+        mean = np.asarray(list(weights.values())) @ np.where(np.isnan(parts), 0.0, parts)
+        checked = ~np.isnan(reported) & ~np.isnan(parts).any(axis=0)
+        off = checked & (np.abs(reported - mean) > COMPOSITE_TOLERANCE)
+        if off.any():
+            i = int(np.flatnonzero(off)[0])
+            raise DataError(
+                f"composite {name!r}: the weighted mean of {list(weights)} ({mean[i]:.4f} at row {labels[i]}) does "
+                f"not reproduce column {name!r} ({reported[i]:.4f}) at rows {_rows(labels, off)}; check the weights "
+                "(items of each part for a mean over questions, equal weights for a mean over subtasks)"
             )
     chance_values = _per_task(chance, tasks, "chance", default=0.0)
     chance_values = pd.to_numeric(pd.Series(chance_values), errors="coerce").to_numpy(dtype=float)
@@ -227,7 +263,45 @@ def downstream_runs(
     return DownstreamRuns(
         x=inputs.x, loss=loss, accuracy=accuracy, tasks=tasks, items=item_values, chance=chance_values,
         labels=labels, sources=inputs.sources, loss_column=loss_column, finished=finished_mask,
+        composites=composite_weights, evaluations=evaluation_values,
     )
+
+
+# A reported composite may be rounded (to 0.1 or 1 percentage point); half a point separates rounding from
+# wrong weights.
+COMPOSITE_TOLERANCE = 0.005
+
+
+def _positive_integers(values, tasks, what: str, meaning: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(numbers) | (numbers < 1) | (numbers != np.round(numbers))
+    if bad.any():
+        shown = ", ".join(f"{t}={v!r}" for t, v, b in zip(tasks, values, bad) if b)
+        raise DataError(f"{what} must be positive integers ({meaning}); got {shown}")
+    return numbers.astype(int)
+
+
+def _composite_weights(composites, tasks: Sequence[str]) -> dict[str, dict[str, float]]:
+    """{name: {task: weight}} with weights normalised to sum 1, validated against the fitted tasks."""
+    out = {}
+    for name, parts in dict(composites or {}).items():
+        name = str(name)
+        if name in tasks:
+            raise DataError(f"composite {name!r} is also a task column: a composite is the weighted mean of tasks, "
+                            "not fitted itself; give only its parts in tasks")
+        weights = dict(parts) if isinstance(parts, Mapping) else dict.fromkeys(parts, 1.0)
+        if not weights:
+            raise DataError(f"composite {name!r} has no parts")
+        unknown = [t for t in weights if t not in tasks]
+        if unknown:
+            raise DataError(f"composite {name!r}: parts {unknown} are not among the tasks {list(tasks)}; fit every part as a task")
+        values = pd.to_numeric(pd.Series(list(weights.values())), errors="coerce").to_numpy(dtype=float)
+        if not np.all(np.isfinite(values) & (values > 0)):
+            raise DataError(f"composite {name!r}: weights must be positive numbers; got {weights}")
+        out[name] = {str(t): float(v / values.sum()) for t, v in zip(weights, values)}
+    return out
 
 
 def task_metadata(path: str | Path, tasks: Sequence[str], prefix: str = "acc_", *, task_column: str = "Eval Task",
@@ -585,6 +659,8 @@ def fit_downstream(
     thresholds: Thresholds = Thresholds(),
     finished: str | None = None,
     centering: str = "auto",
+    composites: Mapping[str, Mapping[str, float] | Sequence[str]] | None = None,
+    evaluations: Mapping[str, int] | Sequence[int] | None = None,
 ) -> DownstreamFit:
     """Fit loss law and link to one table of runs: inputs of the loss law (N, D, ...; `columns` maps them),
     a `loss_column` and one accuracy column per task in `tasks` (fractions; empty cells are missing).
@@ -608,6 +684,8 @@ def fit_downstream(
     (`ConvergenceWarning`) and sets `converged` False.
     `finished`: a boolean column marking finished runs; rows where it is False are link-only (intermediate
     checkpoints): their measured loss and accuracies inform the link, and the loss law never sees them.
+    `composites` / `evaluations`: scores reported as weighted means of tasks, and accuracies that average
+    several evaluations of the same items (see `downstream_runs`).
     `centering`: how pooled task-level values are sampled: "auto" (centered for the tasks whose accuracies
     move well beyond their noise, `informative_tasks`; non-centered for the others), "noncentered" or
     "centered" for every task.
@@ -627,11 +705,14 @@ def fit_downstream(
     loss_likelihood = as_likelihood(likelihood, None).with_priors(priors)
     runs = data if isinstance(data, DownstreamRuns) else downstream_runs(
         data, loss_law, tasks=tasks, loss_column=loss_column, columns=columns, items=items, chance=chance,
-        allow_repeats=allow_repeats, finished=finished,
+        allow_repeats=allow_repeats, finished=finished, composites=composites, evaluations=evaluations,
     )
     if isinstance(metric_likelihood, str):
         metric_likelihood = MetricLikelihood(metric_likelihood)
     metric_likelihood = metric_likelihood.resolve(runs.items is not None)
+    if metric_likelihood.family == "binomial" and runs.evaluations is not None and (runs.evaluations > 1).any():
+        raise ValueError("the binomial likelihood would count repeated evaluations of the same items as independent "
+                         "answers (too narrow); use the Beta-Binomial (metric_likelihood='beta_binomial', the default)")
     bad = sorted(set(shared) - set(link.params))
     if bad:
         raise KeyError(f"shared names {bad}, which are not parameters of link {link.name!r} ({list(link.params)})")
@@ -727,6 +808,8 @@ class DownstreamPrediction:
     new_run: dict[str, np.ndarray]
     output: str
     tasks: tuple[str, ...]
+    # Composite scores (`DownstreamRuns.composites`), also in `metric` and `new_run` under their names.
+    composites: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def average(self) -> np.ndarray:
@@ -737,7 +820,7 @@ class DownstreamPrediction:
         return np.mean([self.new_run[t] for t in self.tasks], axis=0)
 
     def quantiles(self, q: Sequence[float] = (0.05, 0.5, 0.95), new_run: bool = True) -> pd.DataFrame:
-        """One row per (point, quantity): the loss, each task and the average over tasks."""
+        """One row per (point, quantity): the loss, the average over tasks, each task and each composite."""
         rows = []
         series = {"loss": self.loss, "average": self.average_new_run if new_run else self.average}
         series.update(self.new_run if new_run else self.metric)
@@ -750,7 +833,8 @@ class DownstreamPrediction:
         return pd.DataFrame(rows)
 
     def to_dict(self, q: Sequence[float] = (0.05, 0.5, 0.95)) -> dict:
-        return {"output": self.output, "tasks": list(self.tasks), "rows": self.quantiles(q).to_dict(orient="records")}
+        return {"output": self.output, "tasks": list(self.tasks), "composites": self.composites,
+                "rows": self.quantiles(q).to_dict(orient="records")}
 
 
 def posterior_draws(fit: DownstreamFit) -> dict[str, np.ndarray]:
@@ -788,13 +872,20 @@ def predict_downstream(fit: DownstreamFit, at, *, seed: int = 0, loss: Sequence[
     if error:
         expected, accuracy = 1.0 - expected, 1.0 - accuracy
     tasks = fit.runs.tasks
+    metric = {t: expected[:, i, :] for i, t in enumerate(tasks)}
+    new_run = {t: np.asarray(accuracy[:, i, :]) for i, t in enumerate(tasks)}
+    composites = fit.runs.composites
+    for name, weights in composites.items():  # weights sum to 1, so the mean of errors is 1 - the mean of accuracies
+        metric[name] = sum(w * metric[t] for t, w in weights.items())
+        new_run[name] = sum(w * new_run[t] for t, w in weights.items())
     return DownstreamPrediction(
         points=points.to_frame().reset_index(drop=True),
         loss=np.asarray(new_loss),
-        metric={t: expected[:, i, :] for i, t in enumerate(tasks)},
-        new_run={t: accuracy[:, i, :] for i, t in enumerate(tasks)},
+        metric=metric,
+        new_run=new_run,
         output="error" if error else "accuracy",
         tasks=tasks,
+        composites=dict(composites),
     )
 
 
@@ -854,6 +945,8 @@ def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
         "run_effect": spec.run_effect,
         "centered": None if spec.centered is None else list(spec.centered),
         "tasks": list(fit.runs.tasks),
+        "composites": fit.runs.composites,
+        "evaluations": None if fit.runs.evaluations is None else [int(v) for v in fit.runs.evaluations],
         "labels": [str(v) for v in fit.runs.labels],
         "sources": fit.runs.sources,
         "loss_column": fit.runs.loss_column,
@@ -911,6 +1004,8 @@ def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law 
         sources=meta["sources"],
         loss_column=meta["loss_column"],
         finished=np.asarray(constant["finished"]).astype(bool) if "finished" in constant else None,
+        composites=meta.get("composites") or {},
+        evaluations=None if meta.get("evaluations") is None else np.asarray(meta["evaluations"], int),
     )
     return DownstreamFit(spec=spec, data=dt, runs=runs, diagnostics=check_convergence(dt, params=_checked_params(dt)),
                          settings=SamplerSettings(**meta["settings"]), seed=meta["seed"], map=meta["map"])

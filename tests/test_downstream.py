@@ -574,3 +574,65 @@ def test_centered_and_noncentered_tasks_have_the_same_prior(simulated):
         draws = prior_draws(ds.chain_model(spec), jax.random.PRNGKey(1), args, kwargs, 4000)
         quantiles[centered] = np.quantile(np.log(np.asarray(draws["gamma"])), [0.1, 0.5, 0.9], axis=0)
     np.testing.assert_allclose(quantiles[None], quantiles[(1.0, 0.0, 1.0)], atol=0.12)
+
+
+# ---- composite tasks and averaged evaluations ----
+
+def test_composite_and_averaged_evaluations_are_validated(simulated):
+    table, tasks, _ = simulated
+    law = bs.get_law("chinchilla")
+    items = dict(zip(tasks, ITEMS))
+    weights = {"acc_t0": 2000, "acc_t1": 500}        # a mean over questions: weights = items
+    reported = (2000 * table["acc_t0"] + 500 * table["acc_t1"]) / 2500
+    runs = ds.downstream_runs(table.assign(bench=reported.round(3)), law, tasks=tasks, items=items,
+                              composites={"bench": weights})
+    assert runs.composites == {"bench": {"acc_t0": 0.8, "acc_t1": 0.2}}
+    # Equal weights do not reproduce a mean over questions: the reported column catches it, by row.
+    with pytest.raises(DataError, match="composite 'bench': the weighted mean of \\['acc_t0', 'acc_t1'\\] .* does not "
+                                        "reproduce column 'bench'"):
+        ds.downstream_runs(table.assign(bench=reported), law, tasks=tasks, items=items,
+                           composites={"bench": ["acc_t0", "acc_t1"]})
+    with pytest.raises(DataError, match="parts \\['mmlu_x'\\] are not among the tasks"):
+        ds.downstream_runs(table, law, tasks=tasks, composites={"bench": ["acc_t0", "mmlu_x"]})
+    with pytest.raises(DataError, match="composite 'acc_t0' is also a task column"):
+        ds.downstream_runs(table, law, tasks=tasks, composites={"acc_t0": ["acc_t1", "acc_t2"]})
+    with pytest.raises(DataError, match="weights must be positive"):
+        ds.downstream_runs(table, law, tasks=tasks, composites={"bench": {"acc_t0": 1.0, "acc_t1": -1.0}})
+    # The mean of 3 evaluations of the same 2000 items is a fraction of 6000 answers, not of 2000.
+    averaged = table.assign(acc_t0=np.round((3 * table["acc_t0"] * 2000 + 1) / 6000, 12))
+    with pytest.raises(DataError, match="'acc_t0': accuracy x items \\(2000\\) is not a whole number .*\\(evaluations=\\.\\.\\.\\)"):
+        ds.downstream_runs(averaged, law, tasks=tasks, items=items)
+    runs = ds.downstream_runs(averaged, law, tasks=tasks, items=items, evaluations={"acc_t0": 3, "acc_t1": 1, "acc_t2": 1})
+    assert list(runs.items) == [6000, 500, 1000] and list(runs.evaluations) == [3, 1, 1]
+    with pytest.raises(DataError, match="evaluations need items"):
+        ds.downstream_runs(table, law, tasks=tasks, evaluations=[3, 1, 1])
+    with pytest.raises(ValueError, match="binomial likelihood would count repeated evaluations"):
+        ds.fit_downstream(runs, metric_likelihood="binomial", **small())
+
+
+def test_a_composite_is_predicted_as_the_weighted_mean_of_its_parts_and_saved(tmp_path, binomial_fit):
+    weights = {"acc_t0": 0.8, "acc_t1": 0.2}
+    fit = dataclasses.replace(binomial_fit, runs=dataclasses.replace(binomial_fit.runs, composites={"bench": weights}))
+    at = {"N": [1e9, 4e9], "D": [2e10, 8e10]}
+    for error in (False, True):
+        p = fit.predict(at, seed=1, error=error)
+        for table in (p.metric, p.new_run):
+            np.testing.assert_allclose(table["bench"], 0.8 * table["acc_t0"] + 0.2 * table["acc_t1"])
+        assert set(p.quantiles()["quantity"]) == {"loss", "average", *p.tasks, "bench"}
+        assert p.average.shape == p.metric["acc_t0"].shape  # the task average is over the fitted tasks only
+    loaded = ds.load_downstream(fit.save(tmp_path / "composite.nc"))
+    assert loaded.runs.composites == {"bench": weights}
+    np.testing.assert_allclose(loaded.predict(at, seed=1).new_run["bench"], fit.predict(at, seed=1).new_run["bench"])
+    # Averaged with another chain, the composite comes from the same draws as its parts.
+    mixed = bs.average_downstream({"a": fit, "b": fit}, at, {"a": 0.5, "b": 0.5}, seed=2)
+    np.testing.assert_allclose(mixed.new_run["bench"], 0.8 * mixed.new_run["acc_t0"] + 0.2 * mixed.new_run["acc_t1"])
+
+
+def test_cli_composite_syntax():
+    from bayescale.cli import parse_composite
+
+    assert parse_composite("mmlu=stem:3+hum:1") == ("mmlu", {"stem": 3.0, "hum": 1.0})
+    assert parse_composite("avg=a+b") == ("avg", {"a": 1.0, "b": 1.0})
+    for bad in ("mmlu", "mmlu=", "mmlu=stem:", "mmlu=stem:x"):
+        with pytest.raises(ValueError, match="--composite"):
+            parse_composite(bad)
