@@ -1,7 +1,8 @@
 """The `bayescale` command: a thin layer over the Python API (fit, summary, predict, optimal, laws, compare).
 
 Every verb prints a readable table, or JSON with --json (for scripts and CI). Exit status: 0 on success,
-2 on bad input (the message names the column or row), 3 when --strict is given and the fit did not converge.
+2 on bad input (the message names the column or row), 3 when --strict is given and the fit did not converge,
+1 on an internal error (a bug: the message says so; `bayescale --debug VERB ...` prints the traceback).
 Long verbs print a progress line per sampler phase on standard error when it is a terminal (not with --json).
 Heavy libraries (JAX, ArviZ, pandas) are imported by the verbs that use them, so `--help` and `--version`
 answer at once.
@@ -17,8 +18,29 @@ import sys
 import warnings
 from pathlib import Path
 
+EXIT_INTERNAL_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_NOT_CONVERGED = 3
+
+
+def is_user_error(err: BaseException) -> bool:
+    """A refusal of the user's input, not a bug: bayescale's own validation raises DataError, JobError,
+    FileNotFoundError, or a ValueError / KeyError with a message for the user. A ValueError or KeyError that
+    escaped from inside numpy, JAX or pandas (raised by their code, not ours) is an unhandled case, a bug."""
+    if isinstance(err, FileNotFoundError):
+        return True
+    if not isinstance(err, ValueError | KeyError):
+        return False
+    import bayescale.models
+
+    tb = err.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:  # the frame that raised it
+        tb = tb.tb_next
+    raised_in = Path(tb.tb_frame.f_code.co_filename).resolve()
+    ours = (Path(__file__).resolve().parent, Path(bayescale.models.__file__).resolve().parent)  # bayescale/, models/
+    return any(raised_in.is_relative_to(folder) for folder in ours)
 
 
 def _key_values(text: str, what: str) -> dict[str, str]:
@@ -486,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     except metadata.PackageNotFoundError:
         version = "unknown (not installed)"
     parser.add_argument("--version", action="version", version=f"bayescale {version}")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="fit a law to a table of runs and save the posterior")
@@ -657,10 +680,23 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `bayescale laws --json | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, KeyError, FileNotFoundError) as err:  # bayescale.runs.DataError is a ValueError
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  every error ends in a message and an exit status, never a bare crash
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        if is_user_error(err):  # bayescale.runs.DataError is a ValueError
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"error: {message}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"internal error ({type(err).__name__}: {err}): this is a bug in bayescale, not a problem with your "
+              "input. Please report it with the command"
+              + (" and the traceback above." if getattr(args, "debug", False) else "; `bayescale --debug ...` prints the traceback."),
+              file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -86,6 +86,30 @@ def test_laws_listing_is_the_live_catalogue_and_needs_no_jax():
     assert done.stdout.split() == ["False", "False", "True"]
 
 
+def test_internal_errors_exit_1_as_bugs_and_debug_prints_the_traceback(monkeypatch, capsys):
+    import numpy as np
+
+    import bayescale.cli as cli
+
+    def broken(args):
+        return np.ones(3).reshape(2, 2)  # numpy's ValueError: not the user's input, our bug
+
+    monkeypatch.setattr(cli, "cmd_laws", broken)
+    assert main(["laws"]) == cli.EXIT_INTERNAL_ERROR == 1
+    err = capsys.readouterr().err
+    assert "internal error (ValueError: cannot reshape" in err and "this is a bug in bayescale" in err
+    assert "Traceback" not in err and "bayescale --debug" in err
+    assert main(["--debug", "laws"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+    def refuses(args):
+        return cli._levels(0.7)  # bayescale's own validation raises: the user's input
+
+    monkeypatch.setattr(cli, "cmd_laws", refuses)
+    assert main(["laws"]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip().startswith("error: --level-low must lie strictly between 0 and 0.5")
+
+
 def test_bad_input_exits_2_with_the_column_named(fitted, capsys):
     directory, _ = fitted
     bad = directory / "bad.csv"
