@@ -88,11 +88,27 @@ def parse_point(text: str, labels: tuple[str, ...] = ()) -> dict[str, float | st
         raise ValueError(f"--at {text!r}: {err}") from None
 
 
-def _levels(low: float) -> tuple[float, float, float]:
-    """--level-low as the quantiles of a central interval and its median."""
-    if not 0.0 < low < 0.5:
-        raise ValueError(f"--level-low must lie strictly between 0 and 0.5 (0.05: a 90% interval), got {low}")
+def _levels(args) -> tuple[float, float, float]:
+    """The quantiles of the central interval asked for (`--prob 0.9`, or the older `--level-low 0.05`) and
+    the median."""
+    if args.prob is not None:
+        if args.level_low is not None:
+            raise ValueError("give --prob or --level-low, not both")
+        if not 0.0 < args.prob < 1.0:
+            raise ValueError(f"--prob must lie strictly between 0 and 1 (0.9: a central 90% interval), got {args.prob}")
+        low = (1.0 - args.prob) / 2.0
+    else:
+        low = 0.05 if args.level_low is None else args.level_low
+        if not 0.0 < low < 0.5:
+            raise ValueError(f"--level-low must lie strictly between 0 and 0.5 (0.05: a 90% interval), got {low}")
     return low, 0.5, 1.0 - low
+
+
+def _add_interval_options(p) -> None:
+    p.add_argument("--prob", type=float, default=None,
+                   help="probability of the central interval reported (default 0.9: the 5%% and 95%% quantiles)")
+    p.add_argument("--level-low", type=float, default=None, help="lower quantile of the interval instead of --prob "
+                   "(0.05: a 90%% interval)")
 
 
 def _sequence(text: str | None) -> tuple[str, str] | None:
@@ -289,7 +305,7 @@ def cmd_predict(args) -> int:
     import bayescale as bs
 
     result = bs.load(args.fit)
-    levels = _levels(args.level_low)
+    levels = _levels(args)
     labels = (result.grouping.column,) if result.grouping is not None else ()
     # Each --at stands alone: one point may give D and another C.
     table = pd.concat(
@@ -308,7 +324,7 @@ def cmd_optimal(args) -> int:
 
     result = bs.load(args.fit)
     allocation = bs.optimal_allocation(result, [float(c) for c in args.compute])
-    levels = _levels(args.level_low)
+    levels = _levels(args)
     if args.json:
         _json({"converged": result.converged, **allocation.to_dict(levels)})
     else:
@@ -439,7 +455,7 @@ def _load_downstream_fits(paths: list[str], naming: str) -> dict:
 def cmd_predict_downstream(args) -> int:
     import pandas as pd
 
-    levels = _levels(args.level_low)
+    levels = _levels(args)
     fits = _load_downstream_fits(args.fits, "the weights")
     if len(fits) == 1:
         fit = next(iter(fits.values()))
@@ -544,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="posterior predictive at new inputs")
     p.add_argument("fit")
     p.add_argument("--at", action="append", required=True, metavar="N=...,D=...", help="a point (repeatable)")
-    p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (0.05: a 90%% interval)")
+    _add_interval_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -552,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimal", help="compute-optimal parameters and tokens for a compute budget")
     p.add_argument("fit")
     p.add_argument("--compute", action="append", required=True, help="compute budget in FLOP (repeatable)")
-    p.add_argument("--level-low", type=float, default=0.05)
+    _add_interval_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_optimal)
 
@@ -627,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=int, default=1, help="runs held out for the stacking weights")
     p.add_argument("--error", action="store_true", help="report errors (1 - accuracy) instead of accuracies")
     p.add_argument("--at", action="append", required=True, metavar="N=...,D=...", help="a point (repeatable)")
-    p.add_argument("--level-low", type=float, default=0.05, help="lower quantile of the interval (0.05: a 90%% interval)")
+    _add_interval_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict_downstream)

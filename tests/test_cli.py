@@ -103,7 +103,9 @@ def test_internal_errors_exit_1_as_bugs_and_debug_prints_the_traceback(monkeypat
     assert "Traceback (most recent call last)" in capsys.readouterr().err
 
     def refuses(args):
-        return cli._levels(0.7)  # bayescale's own validation raises: the user's input
+        import argparse
+
+        return cli._levels(argparse.Namespace(prob=None, level_low=0.7))  # bayescale's own validation: user input
 
     monkeypatch.setattr(cli, "cmd_laws", refuses)
     assert main(["laws"]) == EXIT_BAD_INPUT
@@ -151,6 +153,10 @@ def test_inverted_levels_and_unknown_point_keys_are_user_errors(fitted, capsys):
     assert "--level-low must lie strictly between 0 and 0.5" in capsys.readouterr().err
     assert main(["predict", str(out), "--at", "N=1e9,D=2e10,Q=3"]) == EXIT_BAD_INPUT
     assert "unknown inputs ['Q']" in capsys.readouterr().err
+    assert main(["predict", str(out), "--at", "N=1e9,D=2e10", "--prob", "1.5"]) == EXIT_BAD_INPUT
+    assert "--prob must lie strictly between 0 and 1" in capsys.readouterr().err
+    code, payload = run_json(capsys, ["predict", str(out), "--at", "N=1e9,D=2e10", "--prob", "0.8"])
+    assert code == 0 and payload["points"][0]["mean_q10"] < payload["points"][0]["mean_q90"]
 
 
 def test_prior_parsing():
