@@ -57,7 +57,7 @@ from bayescale.law import Law, PriorSpec, data_stats, get_law, laws, log_geometr
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.map_estimate import check_map_values
 from bayescale.metric_likelihood import MetricLikelihood
-from bayescale.model import pointwise_log_likelihood, prior_draws, sample_params
+from bayescale.model import log_likelihood_in_blocks, prior_draws, sample_params
 from bayescale.runs import DataError, _rows, boolean_column, points_from_mapping, read_table, runs_from_table
 
 POOLINGS = ("partial", "none")
@@ -601,7 +601,7 @@ def _to_datatree(draws, model, spec: ChainSpec, args, kwargs, runs: DownstreamRu
     chains = np.shape(sample_stats["lp"])[0]
     flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in draws["samples"].items()}
     by_chain = lambda a: np.asarray(a).reshape(chains, -1, *np.shape(a)[1:])  # noqa: E731
-    loglik = pointwise_log_likelihood(model, flat, args, kwargs)
+    loglik = log_likelihood_in_blocks(model, flat, args, kwargs)
     # Parameters from the prior; the observed sites stay at their data (no prior predictive group).
     prior = prior_draws(model, key_prior, args, kwargs, num_prior_draws)
     ppc = _replicate(spec, flat, runs, key_ppc)

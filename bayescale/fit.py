@@ -27,7 +27,7 @@ from bayescale.map_estimate import check_map_values
 from bayescale.law import Law, PriorSpec, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.misfit import Misfit, MisfitWarning, applies as misfit_applies, check_misfit, warn_if_misfit
-from bayescale.model import law_model, pointwise_log_likelihood, posterior_predictive_draws, prior_draws
+from bayescale.model import law_model, log_likelihood_in_blocks, predictive_in_blocks, prior_draws
 from bayescale.grouping import Grouping, group_stats, grouped_law_model, make_grouping
 from bayescale.retries import RetryPolicy, as_retry_policy, attempt_record, escalate
 from bayescale.runs import DataError, Runs, runs_from_table
@@ -128,8 +128,8 @@ def to_datatree(draws: Mapping[str, Any], model, args, kwargs, runs: Runs, key, 
     num_chains = next(iter(draws["stats"].values())).shape[0]
     flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in posterior.items()}
     by_chain = lambda a: np.asarray(a).reshape(num_chains, -1, *np.shape(a)[1:])  # noqa: E731
-    ppc = posterior_predictive_draws(model, key_ppc, flat, args, kwargs, conditional=conditional)
-    loglik = pointwise_log_likelihood(model, flat, args, kwargs)
+    ppc = predictive_in_blocks(model, key_ppc, flat, args, kwargs, conditional=conditional)
+    loglik = log_likelihood_in_blocks(model, flat, args, kwargs)
     prior = prior_draws(model, key_prior, args, kwargs, prior_draw_count)
     return datatree_from_draws(
         posterior=posterior,

@@ -31,7 +31,7 @@ import pandas as pd
 from jax.scipy.special import logsumexp
 
 from bayescale.inference import SamplerSettings
-from bayescale.model import pointwise_log_likelihood
+from bayescale.model import log_likelihood_in_blocks
 
 
 def loo_metric(fit) -> dict[str, float]:
@@ -99,7 +99,7 @@ def holdout_score(fit, held_out: int = 1, *, seed: int | None = None, settings: 
     # Exact held-out density: every posterior draw of the refit scores the masked accuracies.
     model = ds.chain_model(refit.spec)
     args, kwargs = ds.model_inputs(runs, refit.spec.metric_likelihood)
-    ll = np.asarray(pointwise_log_likelihood(model, ds.posterior_draws(refit), args, kwargs)["metric"])  # (draws, tasks, runs)
+    ll = np.asarray(log_likelihood_in_blocks(model, ds.posterior_draws(refit), args, kwargs)["metric"])  # (draws, tasks, runs)
     observed = runs.metric_mask[:, future]
     cells = ll[:, :, future][:, observed]                                       # (draws, observed held-out)
     elpd_cells = np.asarray(logsumexp(cells, axis=0)) - np.log(len(cells))

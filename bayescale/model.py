@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
@@ -121,6 +122,38 @@ def pointwise_log_likelihood(model, samples, args, kwargs):
     """log p(y_i | theta_s) of each observation for each draw, per observed site: {"y": (draws, runs)} for a
     law's model, {"loss": ..., "metric": (draws, tasks, runs)} for a downstream chain."""
     return log_likelihood(model, samples, *args, **kwargs)
+
+
+# Posterior draws are run through the predictive and the log-likelihood in blocks of this many (the last one
+# padded), so the compiled programs do not depend on the number of draws: a fit with other num_samples or
+# num_chains reuses them (like the sampler's fixed chunks of transitions, `bayescale.inference`).
+DRAW_BLOCK = 500
+
+
+def _draw_blocks(samples, block: int = DRAW_BLOCK):
+    """`samples` ({name: (draws, ...)}) cut into blocks of `block` draws, the last padded with copies of the
+    final draw; and the number of real draws."""
+    count = len(next(iter(samples.values())))
+    pad = (-count) % block
+    if pad:
+        samples = {k: jnp.concatenate([jnp.asarray(v), jnp.repeat(jnp.asarray(v)[-1:], pad, axis=0)]) for k, v in samples.items()}
+    return [{k: v[i:i + block] for k, v in samples.items()} for i in range(0, count + pad, block)], count
+
+
+def predictive_in_blocks(model, key, samples, args, kwargs, conditional=False) -> dict:
+    """`posterior_predictive_draws` of "y" in blocks of `DRAW_BLOCK` draws (one compiled program for any
+    number of draws); block i uses the key folded with i."""
+    blocks, count = _draw_blocks(samples)
+    parts = [posterior_predictive_draws(model, jax.random.fold_in(key, i), b, args, kwargs, conditional=conditional)
+             for i, b in enumerate(blocks)]
+    return {k: np.concatenate([np.asarray(part[k]) for part in parts])[:count] for k in parts[0]}
+
+
+def log_likelihood_in_blocks(model, samples, args, kwargs) -> dict:
+    """`pointwise_log_likelihood` in blocks of `DRAW_BLOCK` draws (one compiled program for any number)."""
+    blocks, count = _draw_blocks(samples)
+    parts = [pointwise_log_likelihood(model, b, args, kwargs) for b in blocks]
+    return {k: np.concatenate([np.asarray(part[k]) for part in parts])[:count] for k in parts[0]}
 
 
 # ---- the model as NUTS and L-BFGS see it ----
