@@ -20,9 +20,10 @@ temporary files of killed saves are removed when a job starts.
 One instance per output folder: a job holds a lock on OUTPUT/.lock while it runs, and a second instance on
 the same folder stops at once with a message (POSIX file locks; on systems without them, no lock).
 Failures: a data set that fails validation, or whose batch fails, is retried alone; if it still fails its
-row records status "error" and the message, and the others go on. At the end `summary.parquet` (one row
-per data set and law: parameter quantiles and MAP, diagnostics flags, predictions at requested points,
-evidence when asked) is written atomically from the manifest.
+row records status "error" and the message, and the others go on. After every shard `summary.parquet` (one
+row per data set and law finished so far: parameter quantiles and MAP, diagnostics flags, predictions at
+requested points, evidence when asked) is rewritten atomically from the manifest, so a running or killed job
+has an up-to-date summary.
 
 Backends: "local" (in process, the default) or "ray" (`bayescale.ray_backend`: shards on Ray workers).
 """
@@ -564,6 +565,8 @@ def _run_locked(job: Job, backend: str, progress: bool, runner, backend_options)
     try:
         for rows in runner(job, shards, **backend_options):
             append_manifest(job.output, rows)
+            # The summary follows the manifest shard by shard, so a running or killed job has one to read.
+            write_summary(job)
             recorded += len(rows)
             bar.update(len(rows))
             if job.fail_after is not None and recorded >= job.fail_after:

@@ -185,6 +185,8 @@ def killed_and_resumed(tmp_path_factory):
     with pytest.raises(SimulatedKill):
         run_job(job.__class__(**{**job.__dict__, "fail_after": 2}), progress=False)
     after_kill = read_manifest(job.output)
+    # The summary is written shard by shard: the killed job's has the shard it finished.
+    assert list(pd.read_parquet(job.output / "summary.parquet")["dataset"]) == ["s0", "broken"]
     # A kill in the middle of a manifest write leaves a torn line; it must be ignored.
     with open(job.output / MANIFEST, "a") as handle:
         handle.write('{"dataset": "s1", "law": "chin')
