@@ -182,16 +182,37 @@ def cmd_fit(args) -> int:
     for w in caught:
         if issubclass(w.category, (bs.ConvergenceWarning, bs.MisfitWarning)):
             print(f"WARNING: {w.message}", file=sys.stderr)
-    out = Path(args.out)
-    bs.save(result, out)
+    out = None
+    if args.out:
+        out = Path(args.out)
+        bs.save(result, out)
+    mapping = {name: result.runs.sources.get(name, name) for name in result.law.inputs}
     if args.json:
-        _json({"file": str(out), "law": result.law.name, "converged": result.converged,
+        _json({"file": None if out is None else str(out), "law": result.law.name, "converged": result.converged,
                "summary": result.summary().to_dict(orient="index"), "diagnostics": result.diagnostics.to_dict(),
-               "misfit": None if result.misfit is None else result.misfit.to_dict(), "attempts": result.attempts})
+               "misfit": None if result.misfit is None else result.misfit.to_dict(), "attempts": result.attempts,
+               # What reproduces the run: data binding, model and sampler, and the software.
+               "data": str(args.data) if args.data else f"example {args.example}", "columns": mapping,
+               "output": result.runs.output, "runs": len(result.runs), "likelihood": result.likelihood.to_dict(),
+               "seed": result.seed, "settings": result.settings.to_dict(), "versions": _versions()})
     else:
-        print(f"{result!r} -> {out}")
+        print("inputs: " + "; ".join(f"{name} <- {source if source.startswith('derived') else repr(source)}"
+                                     for name, source in mapping.items()) + f"; output <- {result.runs.output!r}")
+        print(f"{result!r}" + (f" -> {out}" if out is not None else " (not saved: give --out FILE to keep it)"))
         _print_table(result.summary())
     return EXIT_NOT_CONVERGED if args.strict and not result.converged else 0
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for package in ("bayescale", "jax", "jaxlib", "numpyro", "arviz", "numpy", "pandas"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
 
 
 def _settings(args):
@@ -547,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared", help="grouped fit: parameters shared by all groups, comma-separated (e.g. alpha,beta)")
     p.add_argument("--pooling", default="partial", choices=["partial", "independent", "shared"],
                    help="grouped fit: how the other parameters vary by group")
-    p.add_argument("--out", required=True, help="file to save the fit to (NetCDF)")
+    p.add_argument("--out", help="file to save the fit to (NetCDF); without it the fit is printed, not saved")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_NOT_CONVERGED} if the fit did not converge")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fit)

@@ -27,6 +27,22 @@ def run_json(capsys, argv):
     return code, json.loads(capsys.readouterr().out)
 
 
+def test_fit_without_out_prints_and_its_json_says_how_to_reproduce_it(fitted, capsys):
+    directory, _ = fitted
+    argv = ["fit", str(directory / "runs.csv"), "--law", "chinchilla", "--column", "N=params", "--column", "D=tokens",
+            "--warmup", "300", "--draws", "300", "--chains", "2"]
+    code, payload = run_json(capsys, argv)
+    assert code == 0 and payload["file"] is None
+    assert payload["columns"] == {"N": "params", "D": "tokens"} and payload["output"] == "loss"
+    assert payload["seed"] == 0 and payload["settings"]["num_samples"] == 300 and payload["settings"]["num_chains"] == 2
+    assert payload["likelihood"]["family"] == "normal" and payload["runs"] == 40
+    assert set(payload["versions"]) >= {"bayescale", "jax", "numpyro", "arviz"}
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "inputs: N <- 'params'; D <- 'tokens'; output <- 'loss'" in printed and "not saved" in printed
+    assert not list(directory.glob("*.fit.tmp"))
+
+
 def test_summary_json(fitted, capsys):
     _, out = fitted
     code, payload = run_json(capsys, ["summary", str(out)])
