@@ -325,14 +325,19 @@ def cmd_predict(args) -> int:
 
     import bayescale as bs
 
+    from bayescale.runs import read_table
+
+    if not args.at and not args.at_file:
+        raise ValueError("give the points to predict at: --at N=...,D=... (repeatable) or --at-file TABLE")
     result = bs.load(args.fit)
     levels = _levels(args)
     labels = (result.grouping.column,) if result.grouping is not None else ()
-    # Each --at stands alone: one point may give D and another C.
-    table = pd.concat(
-        [bs.predict(result, parse_point(p, labels), seed=args.seed).quantiles(levels) for p in args.at],
-        ignore_index=True,
-    )
+    # Each --at stands alone: one point may give D and another C. A table's rows are found by the fit's own
+    # column names (or the inputs' names) and predicted together.
+    parts = [bs.predict(result, parse_point(p, labels), seed=args.seed).quantiles(levels) for p in args.at or []]
+    if args.at_file:
+        parts.append(bs.predict(result, read_table(args.at_file), seed=args.seed).quantiles(levels))
+    table = pd.concat(parts, ignore_index=True)
     if args.json:
         _json({"converged": result.converged, "output": result.runs.output, "points": table.to_dict(orient="records")})
     else:
@@ -580,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="posterior predictive at new inputs")
     p.add_argument("fit")
-    p.add_argument("--at", action="append", required=True, metavar="N=...,D=...", help="a point (repeatable)")
+    p.add_argument("--at", action="append", metavar="N=...,D=...", help="a point (repeatable)")
+    p.add_argument("--at-file", metavar="TABLE", help="a CSV, TSV or Parquet table of points, one per row (columns "
+                   "named as in the fitted table or as the law's inputs; other columns are ignored)")
     _add_interval_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")

@@ -61,6 +61,21 @@ def test_predict_json(fitted, capsys):
     assert first["mean_q5"] < first["mean_q50"] < first["mean_q95"]
 
 
+def test_predict_at_the_rows_of_a_table(fitted, capsys):
+    import pandas as pd
+
+    directory, out = fitted
+    points = directory / "points.csv"
+    pd.DataFrame({"name": ["70B", "1B"], "params": [70e9, 1e9], "tokens": [1.4e12, 2e10]}).to_csv(points, index=False)
+    code, from_file = run_json(capsys, ["predict", str(out), "--at-file", str(points)])
+    code_at, from_at = run_json(capsys, ["predict", str(out), "--at", "N=70e9,D=1.4e12", "--at", "N=1e9,D=2e10"])
+    assert code == code_at == 0 and len(from_file["points"]) == 2
+    for a, b in zip(from_file["points"], from_at["points"]):
+        assert a["mean_q50"] == pytest.approx(b["mean_q50"], rel=1e-9)
+    assert main(["predict", str(out)]) == EXIT_BAD_INPUT
+    assert "--at-file" in capsys.readouterr().err
+
+
 def test_optimal_json(fitted, capsys):
     _, out = fitted
     code, payload = run_json(capsys, ["optimal", str(out), "--compute", "5.76e23"])
