@@ -71,6 +71,12 @@ class Fit:
 
         return summary(self, **kwargs)
 
+    def to_dataframe(self) -> pd.DataFrame:
+        """The posterior draws as a DataFrame: columns chain, draw and one per parameter (`posterior.draws_frame`)."""
+        from bayescale.posterior import draws_frame
+
+        return draws_frame(self)
+
     def predict(self, at, **kwargs):
         from bayescale.predictive import predict
 

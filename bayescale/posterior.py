@@ -19,18 +19,39 @@ def draws(fit, names=None) -> dict[str, np.ndarray]:
 
 
 def summary(fit, quantiles=(0.05, 0.5, 0.95)) -> pd.DataFrame:
-    """Per parameter: mean, sd, quantiles (default: the 90% equal-tailed interval and median), MAP,
-    R-hat and bulk/tail ESS."""
+    """Per parameter: mean, sd, quantiles (default: the 90% equal-tailed interval and median), MAP, the
+    Monte Carlo standard errors of the mean and sd (`az.mcse`), R-hat and bulk/tail ESS."""
+    import arviz as az
+
     samples = draws(fit)
+    mcse = {method: az.mcse(fit.data, method=method, var_names=list(samples)) for method in ("mean", "sd")}
     rows = {}
     for name, values in samples.items():
+        errors = {f"mcse_{m}": np.asarray(mcse[m][name], float).reshape(-1) for m in mcse}
         if values.ndim == 1:
-            rows[name] = _row(values, quantiles, fit.map.get(name, np.nan))
+            rows[name] = {**_row(values, quantiles, fit.map.get(name, np.nan)), **{k: float(v[0]) for k, v in errors.items()}}
             continue
         for i, label in enumerate(_element_labels(fit, name, values.shape[1])):
-            rows[f"{name}[{label}]"] = _row(values[:, i], quantiles, np.nan)
+            rows[f"{name}[{label}]"] = {**_row(values[:, i], quantiles, np.nan), **{k: float(v[i]) for k, v in errors.items()}}
     table = pd.DataFrame(rows).T
     return table.join(_diagnostics_by_row(fit, table.index))
+
+
+def draws_frame(fit) -> pd.DataFrame:
+    """The posterior draws as a table: one row per (chain, draw), one column per parameter (a vector
+    parameter's elements as "name[label]"), in the user's units; internal sampling sites left out."""
+    posterior = fit.data.posterior
+    names = [n for n in posterior.data_vars if not str(n).startswith("_")]
+    chains, count = posterior.sizes["chain"], posterior.sizes["draw"]
+    columns = {"chain": np.repeat(np.arange(chains), count), "draw": np.tile(np.arange(count), chains)}
+    for name in names:
+        values = np.asarray(posterior[name]).reshape(chains * count, -1)
+        if posterior[name].ndim == 2:
+            columns[str(name)] = values[:, 0]
+            continue
+        for i, label in enumerate(_element_labels(fit, name, values.shape[1])):
+            columns[f"{name}[{label}]"] = values[:, i]
+    return pd.DataFrame(columns)
 
 
 def _row(values, quantiles, map_value) -> dict:

@@ -186,3 +186,17 @@ def test_law_declaration_errors():
     with pytest.raises(ValueError, match="pivot of 'A' must name an input"):
         bs.Law(name="bad", inputs=("x",), params={"A": bs.Param(dist.LogNormal(0, 1), pivot=("N", "alpha"))},
                mean=lambda p, x: p["A"])
+
+
+def test_summary_has_monte_carlo_errors_and_the_draws_come_as_a_table(fit):
+    s = fit.summary()
+    assert {"mcse_mean", "mcse_sd"} <= set(s.columns)
+    # The mean's MCSE is the sd over the square root of the (bulk) effective sample size, up to estimator noise.
+    ratio = s["mcse_mean"] / (s["sd"] / np.sqrt(s["ess_bulk"]))
+    assert ((ratio > 0.7) & (ratio < 1.4)).all(), ratio
+    frame = fit.to_dataframe()
+    chains, draws = fit.data.posterior.sizes["chain"], fit.data.posterior.sizes["draw"]
+    assert len(frame) == chains * draws and list(frame.columns[:2]) == ["chain", "draw"]
+    assert set(frame.columns[2:]) == set(s.index) and not any(c.startswith("_") for c in frame.columns)
+    np.testing.assert_array_equal(frame["alpha"].to_numpy(), bs.draws(fit)["alpha"])
+    assert frame.groupby("chain").size().tolist() == [draws] * chains
