@@ -52,6 +52,7 @@ from numpyro import handlers
 from numpyro.distributions import biject_to
 
 from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
+from bayescale.fit import run_coordinate
 from bayescale.inference import SamplerSettings, program_for, sample_posterior, scalar_sites
 from bayescale.law import Law, PriorSpec, data_stats, get_law, laws, log_geometric_mean, resolve_prior
 from bayescale.likelihood import Likelihood, as_likelihood
@@ -626,7 +627,7 @@ def _to_datatree(draws, model, spec: ChainSpec, args, kwargs, runs: DownstreamRu
             "observed_data": {"loss": runs.loss, "metric": runs.accuracy},
             "constant_data": constant,
         },
-        coords={"run": np.arange(len(runs)), "task": list(runs.tasks)},
+        coords={"run": run_coordinate(runs.labels), "task": list(runs.tasks)},
         dims={"loss": ["run"], "metric": ["task", "run"], "chance": ["task"], "items": ["task"], "finished": ["run"],
               **{k: ["run"] for k in runs.x}, **task_dims},
     )

@@ -147,13 +147,22 @@ def to_datatree(draws: Mapping[str, Any], model, args, kwargs, runs: Runs, key, 
     )
 
 
+def run_coordinate(labels) -> np.ndarray:
+    """The "run" coordinate of a fit's DataTree: the table's row labels (its index), as numbers or as text,
+    so ArviZ plots and selections name runs as the table does; 0..n-1 when the labels repeat."""
+    labels = np.asarray(labels)
+    if len(set(labels.tolist())) != len(labels):
+        return np.arange(len(labels))
+    return labels if np.issubdtype(labels.dtype, np.number) else np.asarray([str(v) for v in labels])
+
+
 def datatree_from_draws(*, posterior, sample_stats, log_likelihood, posterior_predictive, prior, runs: Runs):
     """The DataTree of a fit from its draws (arrays shaped (chains, draws, ...); `prior`: (draws, ...) with
     "y" the prior predictive). Shared by `fit()` and the per-data-set fits of `bayescale.batch`. In a grouped
     fit, per-group parameters get dimension "group" labelled by the group names, and constant_data["group"]
     holds each run's group index."""
     constant = {**runs.x, **({"se": runs.se} if runs.se is not None else {})}
-    coords = {"run": np.arange(len(runs))}
+    coords = {"run": run_coordinate(runs.labels)}
     param_dims = {}
     if runs.groups is not None:
         constant["group"] = runs.groups

@@ -200,3 +200,19 @@ def test_summary_has_monte_carlo_errors_and_the_draws_come_as_a_table(fit):
     assert set(frame.columns[2:]) == set(s.index) and not any(c.startswith("_") for c in frame.columns)
     np.testing.assert_array_equal(frame["alpha"].to_numpy(), bs.draws(fit)["alpha"])
     assert frame.groupby("chain").size().tolist() == [draws] * chains
+
+
+def test_runs_are_labelled_as_in_the_table_and_the_labels_survive_saving(fit, tmp_path):
+    table = simulate_chinchilla(BESIROGLU, num_runs=60, sigma=0.01, seed=12)
+    table.index = [f"run-{i}" for i in range(60)]
+    labelled = bs.fit(table, "chinchilla", discrepancy=None, num_warmup=500, num_samples=500, seed=0)
+    for group in ("observed_data", "log_likelihood", "posterior_predictive"):
+        assert list(labelled.data[group].coords["run"].values[:2]) == ["run-0", "run-1"]
+    assert float(labelled.data.observed_data["y"].sel(run="run-5")) == pytest.approx(table.loc["run-5", "loss"])
+    again = bs.load(labelled.save(tmp_path / "labelled.nc"))
+    assert list(again.data.observed_data.coords["run"].values[:2]) == ["run-0", "run-1"]
+    # The default index stays 0..n-1; repeated labels fall back to positions.
+    assert list(fit.data.observed_data.coords["run"].values[:3]) == [0, 1, 2]
+    from bayescale.fit import run_coordinate
+
+    assert list(run_coordinate(np.array(["a", "a", "b"]))) == [0, 1, 2]
