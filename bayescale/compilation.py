@@ -84,3 +84,24 @@ def configure() -> None:
                 f"CPU device(s) (bayescale asks for {value}); import bayescale first, or set JAX_NUM_CPU_DEVICES.",
                 stacklevel=3,
             )
+
+
+def repair_lazy_numpyro_imports() -> None:
+    """Bind every imported numpyro submodule to its parent package, where a lazy import lost it.
+
+    ArviZ's NumPyro converter (arviz_base.io_numpyro) registers numpyro as a lazy module (lazy_loader) when
+    ArviZ is imported. A numpyro submodule imported before that lazy module has loaded is then missing from
+    its parent's namespace: after `import arviz; import numpyro.distributions`, numpyro's own
+    `numpyro.factor` fails with "module 'numpyro.distributions' has no attribute 'distribution'", so every
+    fit of a user who imported ArviZ first crashed inside NumPyro. Called when bayescale's modules that use
+    numpyro are imported (`bayescale.law`); a no-op when nothing is missing."""
+    import numpyro
+
+    numpyro.__version__  # noqa: B018  (an attribute access loads a lazy module)
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("numpyro."):
+            continue
+        parent, _, child = name.rpartition(".")
+        owner = sys.modules.get(parent)
+        if owner is not None and not hasattr(owner, child):
+            setattr(owner, child, module)

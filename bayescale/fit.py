@@ -27,7 +27,7 @@ from bayescale.map_estimate import check_map_values
 from bayescale.law import Law, PriorSpec, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.misfit import Misfit, MisfitWarning, applies as misfit_applies, check_misfit, warn_if_misfit
-from bayescale.model import law_model, log_likelihood_in_blocks, predictive_in_blocks, prior_draws
+from bayescale.model import law_model, log_likelihood_in_blocks, log_prior_in_blocks, predictive_in_blocks, prior_draws
 from bayescale.grouping import Grouping, group_stats, grouped_law_model, make_grouping
 from bayescale.retries import RetryPolicy, as_retry_policy, attempt_record, escalate
 from bayescale.runs import DataError, Runs, runs_from_table
@@ -136,6 +136,7 @@ def to_datatree(draws: Mapping[str, Any], model, args, kwargs, runs: Runs, key, 
     by_chain = lambda a: np.asarray(a).reshape(num_chains, -1, *np.shape(a)[1:])  # noqa: E731
     ppc = predictive_in_blocks(model, key_ppc, flat, args, kwargs, conditional=conditional)
     loglik = log_likelihood_in_blocks(model, flat, args, kwargs)
+    log_prior = log_prior_in_blocks(model, flat, args, kwargs)
     prior = prior_draws(model, key_prior, args, kwargs, prior_draw_count)
     return datatree_from_draws(
         posterior=posterior,
@@ -144,6 +145,7 @@ def to_datatree(draws: Mapping[str, Any], model, args, kwargs, runs: Runs, key, 
         posterior_predictive=by_chain(ppc["y"]),
         prior=prior,
         runs=runs,
+        log_prior={k: by_chain(v) for k, v in log_prior.items()},
     )
 
 
@@ -156,7 +158,8 @@ def run_coordinate(labels) -> np.ndarray:
     return labels if np.issubdtype(labels.dtype, np.number) else np.asarray([str(v) for v in labels])
 
 
-def datatree_from_draws(*, posterior, sample_stats, log_likelihood, posterior_predictive, prior, runs: Runs):
+def datatree_from_draws(*, posterior, sample_stats, log_likelihood, posterior_predictive, prior, runs: Runs,
+                        log_prior=None):
     """The DataTree of a fit from its draws (arrays shaped (chains, draws, ...); `prior`: (draws, ...) with
     "y" the prior predictive). Shared by `fit()` and the per-data-set fits of `bayescale.batch`. In a grouped
     fit, per-group parameters get dimension "group" labelled by the group names, and constant_data["group"]
@@ -180,6 +183,7 @@ def datatree_from_draws(*, posterior, sample_stats, log_likelihood, posterior_pr
             "prior_predictive": {"y": as_prior_draws(prior["y"])},
             "observed_data": {"y": np.asarray(runs.y)},
             "constant_data": {k: np.asarray(v) for k, v in constant.items()},
+            **({"log_prior": {k: np.asarray(v) for k, v in log_prior.items()}} if log_prior else {}),
         },
         coords=coords,
         dims={"y": ["run"], **{k: ["run"] for k in constant}, **param_dims},

@@ -48,6 +48,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
+from bayescale.compilation import repair_lazy_numpyro_imports
+
+repair_lazy_numpyro_imports()  # before any model runs: see its docstring (ArviZ imported before bayescale)
+
 # "log": positive output, likelihood on log y (relative noise); "raw": signed output, likelihood on y.
 OUTPUT_SCALES = ("log", "raw")
 

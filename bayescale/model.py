@@ -156,6 +156,27 @@ def log_likelihood_in_blocks(model, samples, args, kwargs) -> dict:
     return {k: np.concatenate([np.asarray(part[k]) for part in parts])[:count] for k in parts[0]}
 
 
+@partial(jax.jit, static_argnames=("model",))
+def log_prior_terms(model, samples, args, kwargs):
+    """log p(theta_s) of each posterior draw, one term per latent sample site (its log density summed over
+    its elements, in the space the model declares it: a pivoted coefficient's prior is on its log value):
+    {site: (draws,)}. Observed sites and factors (the likelihood) are left out. ArviZ's `log_prior` group,
+    which prior-sensitivity checks (`az.psense_summary`) need."""
+    def one(s):
+        trace = handlers.trace(handlers.substitute(handlers.seed(model, 0), data=s)).get_trace(*args, **kwargs)
+        return {name: jnp.sum(site["fn"].log_prob(site["value"])) for name, site in trace.items()
+                if site["type"] == "sample" and not site["is_observed"]}
+
+    return jax.vmap(one)(samples)
+
+
+def log_prior_in_blocks(model, samples, args, kwargs) -> dict:
+    """`log_prior_terms` in blocks of `DRAW_BLOCK` draws (one compiled program for any number of draws)."""
+    blocks, count = _draw_blocks(samples)
+    parts = [log_prior_terms(model, b, args, kwargs) for b in blocks]
+    return {k: np.concatenate([np.asarray(part[k]) for part in parts])[:count] for k in parts[0]}
+
+
 # ---- the model as NUTS and L-BFGS see it ----
 
 

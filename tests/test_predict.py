@@ -216,3 +216,44 @@ def test_runs_are_labelled_as_in_the_table_and_the_labels_survive_saving(fit, tm
     from bayescale.fit import run_coordinate
 
     assert list(run_coordinate(np.array(["a", "a", "b"]))) == [0, 1, 2]
+
+
+def test_log_prior_group_feeds_arviz_prior_sensitivity(fit):
+    import arviz as az
+
+    law_params = {"E", "alpha", "beta", "sigma"}
+    assert law_params <= set(fit.data.log_prior.data_vars)
+    # The log prior of a draw is the prior's density there: alpha's term is its LogNormal log density.
+    prior = fit.law.params["alpha"].prior
+    alpha = np.asarray(fit.data.posterior["alpha"])
+    np.testing.assert_allclose(np.asarray(fit.data.log_prior["alpha"]), np.asarray(prior.log_prob(alpha)), rtol=1e-10)
+    sensitivity = az.psense_summary(fit.data, var_names=["E", "alpha", "beta"])
+    assert (sensitivity["diagnosis"] == "✓").all(), sensitivity
+
+
+@pytest.mark.slow  # a second compile (~15 s): the conflicting prior changes the model
+def test_prior_sensitivity_flags_a_prior_that_conflicts_with_the_data():
+    import arviz as az
+    import numpyro.distributions as dist
+
+    table = simulate_chinchilla(BESIROGLU, num_runs=60, sigma=0.01, seed=11)
+    tight = bs.fit(table, "chinchilla", discrepancy=None, num_warmup=500, num_samples=500, seed=0,
+                   priors={"alpha": dist.LogNormal(jnp.log(0.2), 0.03)})        # the data say 0.35
+    sensitivity = az.psense_summary(tight.data, var_names=["alpha", "beta"])
+    assert sensitivity.loc["alpha", "diagnosis"] == "potential prior-data conflict"
+    assert sensitivity.loc["beta", "diagnosis"] == "✓"
+
+
+def test_a_fit_works_when_arviz_was_imported_before_numpyro_and_bayescale():
+    # ArviZ registers numpyro as a lazy module; a numpyro submodule imported before it loads lost its binding
+    # and numpyro.factor (which the walk and pivots use) crashed inside NumPyro.
+    import subprocess
+    import sys
+
+    code = ("import arviz, numpyro.distributions, numpyro\n"
+            "import bayescale.law\n"
+            "from numpyro.handlers import seed, trace\n"
+            "tr = trace(seed(lambda: numpyro.factor('f', 1.0), 0)).get_trace()\n"
+            "print(hasattr(numpyro.distributions, 'distribution'), float(tr['f']['fn'].log_prob(None)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "1.0"]
