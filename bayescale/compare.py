@@ -140,7 +140,7 @@ def loo(fit) -> dict[str, float]:
 def stacking_weights(named: Mapping[str, Any]) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        table = az.compare({name: fit.data for name, fit in named.items()}, method="stacking", round_to=None)
+        table = az.compare({name: fit.data for name, fit in named.items()}, method="stacking", round_to="none")  # "none": raw weights (None means the 2-digit display rounding)
     return {name: float(table.loc[name, "weight"]) for name in named}
 
 

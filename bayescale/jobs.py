@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import tomllib
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -81,6 +82,7 @@ class Job:
     priors: dict[str, str] = field(default_factory=dict)  # parameter -> prior as text ("LogNormal(-1.2, 0.5)")
     split: str | None = None  # boolean column: True = held out (predicted, not fitted), per data set
     metadata: tuple[str, ...] = ()  # columns constant within a data set, carried into the summary
+    compare: bool = False  # per data set: the laws compared by PSIS-LOO, stacking weights, averaged forecasts
     fail_after: int | None = None  # testing hook: raise after this many fits are recorded (simulated kill)
 
     def units(self) -> list[tuple[str, str]]:
@@ -115,9 +117,11 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 
 
 _KNOWN = {"pad_runs", "data", "laws", "output", "sampler", "retries", "thresholds", "seed", "likelihood", "discrepancy", "shard_size", "map_starts", "quantiles",
-          "predict_at", "evidence", "priors"}
+          "predict_at", "evidence", "priors", "compare"}
 _DATA_KNOWN = {"files", "table", "group_by", "columns", "y", "se", "allow_repeats", "split", "metadata"}
 PREDICTIONS = "predictions.parquet"
+COMPARISON = "comparison.parquet"
+AVERAGED = "averaged.parquet"
 
 
 def load_job(path: str | Path, **overrides) -> Job:
@@ -205,7 +209,10 @@ def job_from_mapping(spec: Mapping[str, Any], base: Path = Path("."), **override
         priors={str(k): str(v) for k, v in priors.items()},
         split=split,
         metadata=metadata,
+        compare=bool(spec.get("compare", False)),
     )
+    if job.compare and len(job.laws) < 2:
+        raise JobError("compare = true needs at least two laws to compare")
     if job.shard_size < 1:
         raise JobError("shard_size must be at least 1")
     return replace(job, **overrides)
@@ -574,7 +581,59 @@ def _run_locked(job: Job, backend: str, progress: bool, runner, backend_options)
     finally:
         bar.close()
     summary = write_summary(job)
+    if job.compare:
+        write_comparison(job)
     return JobResult(summary=summary, output=job.output, fitted_now=recorded, skipped=skipped)
+
+
+def write_comparison(job: Job) -> pd.DataFrame:
+    """Per data set, its laws compared as `bayescale.compare` would on interpolation: PSIS-LOO (`az.compare`
+    on the saved fits' pointwise log-likelihoods; elpd, its difference to the best and that difference's
+    standard error, stacking weights), to `comparison.parquet`; with `predict_at`, the forecast mixed across
+    the laws by those weights (`bayescale.average_predict`), to `averaged.parquet`. Laws whose fit failed
+    are left out of a data set's comparison and fits that did not converge are flagged, in the `note` column. PSIS-LOO
+    ranks interpolation, not extrapolation: for forecasts far beyond the data, compare by backtest
+    (`bayescale.backtest`). Recomputed from the fit files at the end of every run, so resumes agree."""
+    import arviz as az
+
+    from bayescale.averaging import average_predict
+    from bayescale.persistence import load
+
+    done = read_manifest(job.output)
+    compared, averaged = [], []
+    for dataset in job.datasets:
+        rows = {law: done.get(unit_key(dataset, law)) for law in job.laws}
+        usable = {law: row for law, row in rows.items() if row and row.get("status") == "ok"}
+        left_out = sorted(set(job.laws) - set(usable))
+        unconverged = sorted(law for law, row in usable.items() if not row.get("converged"))
+        note = "; ".join(part for part in (
+            f"left out (fit failed): {', '.join(left_out)}" if left_out else "",
+            f"NOT CONVERGED, weights unreliable: {', '.join(unconverged)}" if unconverged else "") if part)
+        if len(usable) < 2:
+            compared.append({"dataset": dataset, "law": None, "note": note or "fewer than two laws to compare"})
+            continue
+        fits = {law: load(row["file"]) for law, row in usable.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ArviZ's Pareto-k warnings: the misfit columns of the summary say it
+            table = az.compare({law: fit.data for law, fit in fits.items()}, var_name="y", round_to="none")  # raw numbers, not display rounding
+        for law, values in table.iterrows():
+            compared.append({"dataset": dataset, "law": law, "rank": int(values["rank"]),
+                             "elpd_loo": float(values["elpd"]), "p_loo": float(values["p"]),
+                             "elpd_diff": float(values["elpd_diff"]), "dse": float(values["dse"]),
+                             "weight": float(values["weight"]), "note": note})
+        weights = {law: float(w) for law, w in table["weight"].items()}
+        for j, point in enumerate(job.predict_at):
+            mixed = average_predict(fits, point, weights, seed=job.seed_of(dataset))
+            record = {"dataset": dataset, "point": j, **{k: float(v) for k, v in point.items()}}
+            for q in job.quantiles:
+                record[f"mean_q{100 * q:g}"] = float(np.quantile(mixed.mean, q))
+                record[f"new_run_q{100 * q:g}"] = float(np.quantile(mixed.new_run, q))
+            averaged.append(record)
+    comparison = pd.DataFrame(compared)
+    _write_parquet(comparison, job.output / COMPARISON)
+    if job.predict_at:
+        _write_parquet(pd.DataFrame(averaged), job.output / AVERAGED)
+    return comparison
 
 
 def local_runner(job: Job, shards: Sequence[tuple[str, list[str]]]):

@@ -13,7 +13,7 @@ from conftest import BESIROGLU, simulate_chinchilla
 import bayescale as bs
 from bayescale.batch import batch_diagnostics, fit_batch, stack_runs
 from bayescale.fit import model_inputs
-from bayescale.jobs import MANIFEST, SimulatedKill, job_from_mapping, read_manifest, run_job
+from bayescale.jobs import MANIFEST, JobError, SimulatedKill, job_from_mapping, read_manifest, run_job
 from bayescale.model import law_model
 
 SETTINGS = bs.SamplerSettings(num_warmup=300, num_samples=600, num_chains=4)
@@ -388,3 +388,37 @@ def test_a_second_instance_on_the_same_output_stops_with_a_message(tmp_path):
         with pytest.raises(JobError, match="another bayescale job is running"):
             run_job(job, progress=False, runner=_recording_runner([]))
     assert run_job(job, progress=False, runner=_recording_runner([])).fitted_now == 1  # released afterwards
+
+
+@pytest.mark.slow  # a second law's batch program (~1 min to compile here)
+def test_job_compares_its_laws_per_data_set_and_averages_their_forecasts(tmp_path):
+    import arviz as az
+
+    table = pd.concat([simulate_chinchilla(num_runs=n, seed=40 + i).assign(set=f"s{i}") for i, n in enumerate([40, 45])])
+    path = tmp_path / "runs.csv"
+    table.to_csv(path, index=False)
+    job = job_from_mapping({
+        "data": {"table": str(path), "group_by": "set", "columns": {"N": "N", "D": "D"}, "y": "loss"},
+        "laws": ["chinchilla", "kaplan"], "output": str(tmp_path / "out"), "compare": True,
+        "sampler": {"num_warmup": SETTINGS.num_warmup, "num_samples": SETTINGS.num_samples, "num_chains": 4},
+        "pad_runs": WIDTH, "predict_at": [{"N": 70e9, "D": 1.4e12}],
+    })
+    result = run_job(job, progress=False)
+    comparison = pd.read_parquet(tmp_path / "out" / "comparison.parquet")
+    summary = result.summary.set_index(["dataset", "law"])
+    assert comparison["law"].notna().any(), comparison   # at least one data set with both laws compared
+    for name, rows in comparison.groupby("dataset"):
+        unconverged = [law for law in ("chinchilla", "kaplan") if not summary.loc[(name, law), "converged"]]
+        assert all(rows["note"].str.contains(law).all() for law in unconverged), rows["note"]
+        assert set(rows["law"]) == {"chinchilla", "kaplan"} and rows["weight"].sum() == pytest.approx(1.0)
+        assert sorted(rows["rank"]) == [0, 1]
+        for _, row in rows.iterrows():  # the elpd is the saved fit's own PSIS-LOO
+            assert row["elpd_loo"] == pytest.approx(float(az.loo(bs.load(summary.loc[(name, row["law"]), "file"]).data, var_name="y").elpd), rel=1e-6)
+        # A mixture's quantiles lie between its components' (up to Monte Carlo error).
+        averaged = pd.read_parquet(tmp_path / "out" / "averaged.parquet").set_index("dataset").loc[name]
+        for q in ("q5", "q95"):
+            own = summary.loc[name][f"predict0_new_run_{q}"]
+            assert own.min() * 0.99 <= averaged[f"new_run_{q}"] <= own.max() * 1.01, (q, own, averaged)
+    with pytest.raises(JobError, match="at least two laws"):
+        job_from_mapping({"data": {"table": str(path), "group_by": "set"}, "laws": ["chinchilla"],
+                          "output": str(tmp_path / "o2"), "compare": True})
