@@ -32,8 +32,11 @@ def batch():
     third = bs.runs_from_table(simulate_chinchilla(params=shifted, num_runs=WIDTH, seed=7), LAW)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
+        # The package's one automatic retry (tests/conftest.py switches it off by default): with jax 0.12.1 the
+        # 35-run member's first attempt has 3 divergences of 2,400 (none with 0.12.0); its retry, like fit()'s,
+        # has escalated settings and the same folded key, so `single` below stays the same posterior.
         return fit_batch([_runs(WIDTH, 1), _runs(35, 2), third], LAW, settings=SETTINGS, seeds=[10, 11, 12],
-                         num_runs=WIDTH)
+                         num_runs=WIDTH, retries=1)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def single(batch):
     """fit() of the padded data set, unpadded, with the same seed as its batch member."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)
-        return bs.fit(batch.runs[1], LAW, settings=SETTINGS, seed=11)
+        return bs.fit(batch.runs[1], LAW, settings=SETTINGS, seed=11, retries=1)
 
 
 def test_padding_leaves_the_log_density_unchanged(batch):
