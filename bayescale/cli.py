@@ -437,11 +437,8 @@ def cmd_fit_downstream(args) -> int:
     composites = dict(parse_composite(text) for text in args.composite or [])
     evaluations = None
     if args.evaluations:
-        given = _key_values(",".join(args.evaluations), "--evaluations")
-        unknown = sorted(set(given) - set(tasks))
-        if unknown:
-            raise ValueError(f"--evaluations: {unknown} are not among the tasks {tasks}")
-        evaluations = {t: given.get(t, 1) for t in tasks}
+        # Tasks not named average one evaluation; a name that is not a task is refused by downstream_runs.
+        evaluations = {**dict.fromkeys(tasks, 1), **_key_values(",".join(args.evaluations), "--evaluations")}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bs.ConvergenceWarning)
         result = downstream.fit_downstream(

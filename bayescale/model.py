@@ -130,30 +130,29 @@ def pointwise_log_likelihood(model, samples, args, kwargs):
 DRAW_BLOCK = 500
 
 
-def _draw_blocks(samples, block: int = DRAW_BLOCK):
-    """`samples` ({name: (draws, ...)}) cut into blocks of `block` draws, the last padded with copies of the
-    final draw; and the number of real draws."""
+def in_draw_blocks(run_block, samples, block: int = DRAW_BLOCK) -> dict:
+    """`run_block(i, block_samples)` (a {name: (block, ...)} -> {name: (block, ...)} program) over `samples`
+    ({name: (draws, ...)}) cut into blocks of `block` draws, the last padded with copies of the final draw, so
+    every call has one shape; the results concatenated and trimmed to the real draws."""
     count = len(next(iter(samples.values())))
     pad = (-count) % block
     if pad:
         samples = {k: jnp.concatenate([jnp.asarray(v), jnp.repeat(jnp.asarray(v)[-1:], pad, axis=0)]) for k, v in samples.items()}
-    return [{k: v[i:i + block] for k, v in samples.items()} for i in range(0, count + pad, block)], count
+    parts = [run_block(j, {k: v[i:i + block] for k, v in samples.items()})
+             for j, i in enumerate(range(0, count + pad, block))]
+    return {k: np.concatenate([np.asarray(part[k]) for part in parts])[:count] for k in parts[0]}
 
 
 def predictive_in_blocks(model, key, samples, args, kwargs, conditional=False) -> dict:
     """`posterior_predictive_draws` of "y" in blocks of `DRAW_BLOCK` draws (one compiled program for any
     number of draws); block i uses the key folded with i."""
-    blocks, count = _draw_blocks(samples)
-    parts = [posterior_predictive_draws(model, jax.random.fold_in(key, i), b, args, kwargs, conditional=conditional)
-             for i, b in enumerate(blocks)]
-    return {k: np.concatenate([np.asarray(part[k]) for part in parts])[:count] for k in parts[0]}
+    return in_draw_blocks(lambda i, b: posterior_predictive_draws(model, jax.random.fold_in(key, i), b, args, kwargs,
+                                                                  conditional=conditional), samples)
 
 
 def log_likelihood_in_blocks(model, samples, args, kwargs) -> dict:
     """`pointwise_log_likelihood` in blocks of `DRAW_BLOCK` draws (one compiled program for any number)."""
-    blocks, count = _draw_blocks(samples)
-    parts = [pointwise_log_likelihood(model, b, args, kwargs) for b in blocks]
-    return {k: np.concatenate([np.asarray(part[k]) for part in parts])[:count] for k in parts[0]}
+    return in_draw_blocks(lambda i, b: pointwise_log_likelihood(model, b, args, kwargs), samples)
 
 
 @partial(jax.jit, static_argnames=("model",))
@@ -172,9 +171,7 @@ def log_prior_terms(model, samples, args, kwargs):
 
 def log_prior_in_blocks(model, samples, args, kwargs) -> dict:
     """`log_prior_terms` in blocks of `DRAW_BLOCK` draws (one compiled program for any number of draws)."""
-    blocks, count = _draw_blocks(samples)
-    parts = [log_prior_terms(model, b, args, kwargs) for b in blocks]
-    return {k: np.concatenate([np.asarray(part[k]) for part in parts])[:count] for k in parts[0]}
+    return in_draw_blocks(lambda i, b: log_prior_terms(model, b, args, kwargs), samples)
 
 
 # ---- the model as NUTS and L-BFGS see it ----

@@ -60,6 +60,13 @@ def law_fingerprint(law: Law, params: Mapping[str, Any], x: Mapping[str, Any], r
     point = {name: float(np.ravel(np.asarray(params[name]))[0]) for name in law.params}
     inputs = {k: np.asarray(x[k], float).ravel()[:runs] for k in law.inputs}
     values = np.asarray(law.mean(point, inputs), float)
+    return {"params": point, "inputs": {k: v.tolist() for k, v in inputs.items()},
+            "values": np.broadcast_to(values, next(iter(inputs.values())).shape).tolist(),
+            "derived": _derived_at_probes(law)}
+
+
+def _derived_at_probes(law: Law) -> dict[str, float | None]:
+    """Each of the law's own derivations with every source at each probe value (None where undefined)."""
     derived = {}
     for rule in law.derivations:
         for probe in _DERIVATION_PROBES:
@@ -67,10 +74,9 @@ def law_fingerprint(law: Law, params: Mapping[str, Any], x: Mapping[str, Any], r
                 value = float(np.asarray(rule.compute(*[probe] * len(rule.sources))))
             except Exception:  # noqa: BLE001  a derivation undefined at the probe is recorded as such
                 value = None
-            value = value if value is not None and np.isfinite(value) else None
-            derived[f"{rule.target}<-{','.join(rule.sources)}@{probe:g}"] = value
-    return {"params": point, "inputs": {k: v.tolist() for k, v in inputs.items()},
-            "values": np.broadcast_to(values, next(iter(inputs.values())).shape).tolist(), "derived": derived}
+            derived[f"{rule.target}<-{','.join(rule.sources)}@{probe:g}"] = (
+                value if value is not None and np.isfinite(value) else None)
+    return derived
 
 
 def fingerprint_mismatch(law: Law, recorded: Mapping[str, Any] | None) -> str | None:
@@ -84,7 +90,7 @@ def fingerprint_mismatch(law: Law, recorded: Mapping[str, Any] | None) -> str | 
         worst = int(np.nanargmax(np.abs(values - expected) / np.maximum(np.abs(expected), 1e-300)))
         return (f"its mean function gives {values[worst]:.6g} where the saved law gave {expected[worst]:.6g} "
                 f"(same parameters {recorded['params']}, same inputs)")
-    now = (law_fingerprint(law, recorded["params"], recorded["inputs"]) or {}).get("derived", {})
+    now = _derived_at_probes(law)
     saved = recorded.get("derived", {})
     changed = sorted(key for key in set(now) | set(saved)
                      if (now.get(key) is None) != (saved.get(key) is None)
