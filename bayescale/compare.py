@@ -32,6 +32,7 @@ import pandas as pd
 from scipy.special import logsumexp
 
 from bayescale.evidence import evidence_report
+from bayescale.posterior import observed_var
 from bayescale.runs import DataError
 
 NOTES = {
@@ -119,7 +120,7 @@ def _softmax(log_values) -> np.ndarray:
 
 def waic(fit) -> dict[str, float]:
     """WAIC from the fit's pointwise log-likelihood (draws x runs)."""
-    ll = np.asarray(fit.data.log_likelihood["y"])
+    ll = np.asarray(fit.data.log_likelihood[observed_var(fit.data)])
     ll = ll.reshape(-1, ll.shape[-1])
     lppd_i = logsumexp(ll, axis=0) - np.log(ll.shape[0])
     p_i = np.var(ll, axis=0, ddof=1)

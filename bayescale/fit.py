@@ -27,6 +27,7 @@ from bayescale.map_estimate import check_map_values
 from bayescale.law import Law, PriorSpec, data_stats, get_law
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.misfit import Misfit, MisfitWarning, applies as misfit_applies, check_misfit, warn_if_misfit
+from bayescale.posterior import observed_name
 from bayescale.model import law_model, log_likelihood_in_blocks, log_prior_in_blocks, predictive_in_blocks, prior_draws
 from bayescale.grouping import Grouping, group_stats, grouped_law_model, make_grouping
 from bayescale.retries import RetryPolicy, as_retry_policy, attempt_record, escalate
@@ -173,21 +174,27 @@ def datatree_from_draws(*, posterior, sample_stats, log_likelihood, posterior_pr
         count = len(runs.group_labels)
         param_dims = {k: ["group"] for k, v in posterior.items() if np.ndim(v) == 3 and np.shape(v)[2] == count}
     as_prior_draws = lambda a: np.asarray(a)[None]  # noqa: E731  one "chain" of prior draws
-    return az.from_dict(
+    # The observed variable carries the output's name ("loss"), as ArviZ users expect from PyMC and Stan.
+    name = observed_name(runs.output, [*posterior, *prior, *constant])
+    tree = az.from_dict(
         {
             "posterior": {k: np.asarray(v) for k, v in posterior.items()},
             "sample_stats": {k: np.asarray(v) for k, v in sample_stats.items()},
-            "log_likelihood": {"y": np.asarray(log_likelihood)},
-            "posterior_predictive": {"y": np.asarray(posterior_predictive)},
+            "log_likelihood": {name: np.asarray(log_likelihood)},
+            "posterior_predictive": {name: np.asarray(posterior_predictive)},
             "prior": {k: as_prior_draws(v) for k, v in prior.items() if k != "y"},
-            "prior_predictive": {"y": as_prior_draws(prior["y"])},
-            "observed_data": {"y": np.asarray(runs.y)},
+            "prior_predictive": {name: as_prior_draws(prior["y"])},
+            "observed_data": {name: np.asarray(runs.y)},
             "constant_data": {k: np.asarray(v) for k, v in constant.items()},
-            **({"log_prior": {k: np.asarray(v) for k, v in log_prior.items()}} if log_prior else {}),
         },
         coords=coords,
-        dims={"y": ["run"], **{k: ["run"] for k in constant}, **param_dims},
+        dims={name: ["run"], **{k: ["run"] for k in constant}, **param_dims},
     )
+    if log_prior:
+        # Its own tree: each site's log density is summed over the site's elements, so a per-group parameter
+        # has no "group" dimension here, and ArviZ's dims apply to a name in every group of one from_dict.
+        tree["log_prior"] = az.from_dict({"log_prior": {k: np.asarray(v) for k, v in log_prior.items()}})["log_prior"]
+    return tree
 
 
 def _check_walk_axis(runs: Runs, law: Law, likelihood) -> None:

@@ -46,6 +46,7 @@ import pandas as pd
 
 from bayescale.diagnostics import Thresholds
 from bayescale.inference import SamplerSettings
+from bayescale.posterior import observed_var
 from bayescale.runs import DataError, read_table, runs_from_table, split_datasets
 
 MANIFEST = "manifest.jsonl"
@@ -615,7 +616,8 @@ def write_comparison(job: Job) -> pd.DataFrame:
         fits = {law: load(row["file"]) for law, row in usable.items()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ArviZ's Pareto-k warnings: the misfit columns of the summary say it
-            table = az.compare({law: fit.data for law, fit in fits.items()}, var_name="y", round_to="none")  # raw numbers, not display rounding
+            table = az.compare({law: fit.data for law, fit in fits.items()},
+                               var_name=observed_var(next(iter(fits.values())).data), round_to="none")  # raw numbers, not display rounding
         for law, values in table.iterrows():
             compared.append({"dataset": dataset, "law": law, "rank": int(values["rank"]),
                              "elpd_loo": float(values["elpd"]), "p_loo": float(values["p"]),

@@ -1,7 +1,8 @@
 """Misfit checks: does the fitted model describe each run, not only did the sampler converge?
 
 A converged posterior can still belong to a model that does not describe the data. `check_misfit` reads a
-fit's ArviZ DataTree (log_likelihood, posterior_predictive and observed_data of "y" over runs) and asks,
+fit's ArviZ DataTree (log_likelihood, posterior_predictive and observed_data of the observed variable, named after the output,
+over runs) and asks,
 per run, what leave-one-out cross-validation says:
 
 - Pareto k of PSIS-LOO (`az.loo(dt, pointwise=True)`; Vehtari et al. 2017, 2024). k > 0.7: the run is
@@ -54,7 +55,8 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-VAR = "y"
+from bayescale.posterior import observed_var
+
 RUN_DIM = "run"
 MAX_NAMED = 20  # runs named per message line
 
@@ -132,27 +134,28 @@ def _plain(x) -> Any:
 
 
 def applies(dt, likelihood: str | None = None) -> bool:
-    """Whether `dt` holds what the checks read: a log_likelihood of "y" over dimension "run", and the
-    posterior predictive and observed values of "y". Not for the "ar1" `likelihood` family: its points are
+    """Whether `dt` holds what the checks read: a log_likelihood of the observed variable (`observed_var`)
+    over dimension "run", and its posterior predictive and observed values. Not for the "ar1" `likelihood` family: its points are
     not exchangeable (each one's likelihood is conditional on its predecessor, its replicates are whole new
     curves), so leaving one point out and a uniform LOO-PIT are not the right checks."""
     if likelihood == "ar1":
         return False
     try:
+        var = observed_var(dt)
         return (
-            RUN_DIM in dt.log_likelihood[VAR].dims
-            and VAR in dt.posterior_predictive.data_vars
-            and VAR in dt.observed_data.data_vars
+            RUN_DIM in dt.log_likelihood[var].dims
+            and var in dt.posterior_predictive.data_vars
+            and var in dt.observed_data.data_vars
         )
     except (AttributeError, KeyError):
         return False
 
 
 def psis_loo(dt):
-    """`az.loo(dt, pointwise=True)` of "y", without ArviZ's own high-k warning (the misfit checks report it)."""
+    """`az.loo(dt, pointwise=True)` of the observed variable, without ArviZ's own high-k warning (the misfit checks report it)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
-        return az.loo(dt, pointwise=True, var_name=VAR)
+        return az.loo(dt, pointwise=True, var_name=observed_var(dt))
 
 
 def loo_pit(dt, loo=None) -> np.ndarray:
@@ -160,13 +163,14 @@ def loo_pit(dt, loo=None) -> np.ndarray:
     `az.loo(dt, pointwise=True)` result, computed when None; ArviZ splits ties, impossible for continuous
     losses, at random with a fixed seed)."""
     loo = psis_loo(dt) if loo is None else loo
+    var = observed_var(dt)
     pit = az.loo_pit(
         dt,
-        var_names=VAR,
-        log_weights=xr.Dataset({VAR: loo.log_weights}),
-        pareto_k=xr.Dataset({VAR: loo.pareto_k}),
+        var_names=var,
+        log_weights=xr.Dataset({var: loo.log_weights}),
+        pareto_k=xr.Dataset({var: loo.pareto_k}),
     )
-    return np.asarray(pit[VAR], dtype=float)
+    return np.asarray(pit[var], dtype=float)
 
 
 def uniformity_test(pit, tail: float = MisfitThresholds.pit_tail) -> dict[str, float]:

@@ -23,6 +23,7 @@ from bayescale.grouping import Grouping
 from bayescale.inference import SamplerSettings
 from bayescale.law import Law, get_law
 from bayescale.likelihood import Likelihood
+from bayescale.posterior import observed_var
 from bayescale.misfit import applies as misfit_applies, check_misfit
 from bayescale.runs import Runs
 
@@ -216,7 +217,7 @@ def load(path: str | Path, law: Law | None = None, *, allow_changed_law: bool = 
     runs_meta = meta["runs"]
     runs = Runs(
         x={k: np.asarray(constant[k]) for k in law.inputs},
-        y=np.asarray(dt.observed_data["y"]),
+        y=np.asarray(dt.observed_data[observed_var(dt)]),
         se=np.asarray(constant["se"]) if runs_meta["has_se"] else None,
         labels=np.asarray(runs_meta["labels"]),
         sources=runs_meta["sources"],

@@ -6,6 +6,22 @@ import numpy as np
 import pandas as pd
 
 
+def observed_var(dt) -> str:
+    """The name of a fit's observed variable in its DataTree (observed_data, log_likelihood, posterior and
+    prior predictive): the output column's name (e.g. "loss"), or "y" where that name is taken by a parameter
+    or an input (and in fits saved before the output named it)."""
+    names = [str(n) for n in dt.observed_data.data_vars]
+    return names[0] if len(names) == 1 else "y"
+
+
+def observed_name(output, taken) -> str:
+    """The name `datatree_from_draws` gives the observed variable: the output column's name unless it is empty,
+    not text, or one of `taken` (parameters, inputs, "se", "group"), then "y"."""
+    if isinstance(output, str) and output and output not in set(taken):
+        return output
+    return "y"
+
+
 def draws(fit, names=None) -> dict[str, np.ndarray]:
     """Posterior draws flattened over chains: {name: array of shape (chains * draws, ...)}. By default the
     parameters in the user's units (internal sampling sites, named with a leading underscore, are left out)."""

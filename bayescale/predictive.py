@@ -18,12 +18,42 @@ from bayescale.runs import points_from_mapping
 
 @dataclass(frozen=True)
 class Prediction:
-    """`points`: the inputs (with derived ones); `mean`, `new_run`: draws of shape (draws, points)."""
+    """`points`: the inputs (with derived ones); `mean`, `new_run`: draws of shape (draws, points), the
+    fit's chains one after the other (`chains` of them)."""
 
     points: pd.DataFrame
     mean: np.ndarray
     new_run: np.ndarray
     output: str = "loss"
+    chains: int = 1
+
+    def to_datatree(self, fit=None):
+        """The forecast as an ArviZ DataTree, so ArviZ's functions take it: group "predictions" with the new
+        run's draws under the output's name (e.g. "loss") and the law's mean under "<output>_mean", dims
+        (chain, draw, point); group "predictions_constant_data" with the inputs of each point. With `fit`
+        (the fit that made the forecast), the fit's own groups come too, as PyMC's
+        `sample_posterior_predictive(predictions=True, extend_inferencedata=True)` lays them out; ArviZ's
+        `az.weight_predictions([...], weights, group="predictions")`, which mixes several fits' forecasts,
+        needs that (it copies the first tree's observed_data)."""
+        import arviz as az
+
+        chains = self.chains if self.chains > 0 and len(self.new_run) % self.chains == 0 else 1
+        by_chain = lambda a: np.asarray(a).reshape(chains, -1, np.shape(a)[-1])  # noqa: E731
+        inputs = {str(k): self.points[k].to_numpy() for k in self.points.columns
+                  if pd.api.types.is_numeric_dtype(self.points[k])}
+        point = np.arange(len(self.points))
+        tree = az.from_dict(
+            {"predictions": {self.output: by_chain(self.new_run), f"{self.output}_mean": by_chain(self.mean)},
+             "predictions_constant_data": inputs},
+            pred_coords={"point": point},
+            pred_dims={self.output: ["point"], f"{self.output}_mean": ["point"], **{k: ["point"] for k in inputs}},
+        )
+        if fit is None:
+            return tree
+        combined = fit.data.copy()
+        for group in ("predictions", "predictions_constant_data"):
+            combined[group] = tree[group]
+        return combined
 
     def quantiles(self, q: Sequence[float] = (0.05, 0.5, 0.95)) -> pd.DataFrame:
         table = self.points.copy()
@@ -99,7 +129,8 @@ def predict(fit, at: Mapping[str, float | Sequence[float]] | pd.DataFrame, *, se
         key_group, key = jax.random.split(key)
         samples, points = _at_groups(fit, frame, points, samples, key_group)
     mean, new_run = predictive_draws(fit.law, fit.likelihood, samples, fit.runs, points.x, key)
-    return Prediction(points=points.to_frame().reset_index(drop=True), mean=mean, new_run=new_run, output=fit.runs.output)
+    return Prediction(points=points.to_frame().reset_index(drop=True), mean=mean, new_run=new_run, output=fit.runs.output,
+                      chains=fit.data.posterior.sizes["chain"])
 
 
 def _at_groups(fit, frame: pd.DataFrame, points, samples, key):
@@ -139,4 +170,5 @@ def _predict_raw_model(fit, points, samples, seed) -> Prediction:
         mean=np.asarray(out["mean"]),
         new_run=np.asarray(out["y"]),
         output=fit.runs.output,
+        chains=fit.data.posterior.sizes["chain"],
     )

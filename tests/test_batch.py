@@ -141,7 +141,7 @@ def test_vectorised_diagnostics_match_check_convergence(batch):
 
 def test_batch_fit_saves_and_loads(batch, tmp_path):
     fit = batch.fit(1)
-    assert len(fit.runs) == 35 and fit.data.posterior_predictive["y"].shape[-1] == 35
+    assert len(fit.runs) == 35 and fit.data.posterior_predictive["loss"].shape[-1] == 35
     loaded = bs.load(fit.save(tmp_path / "one.nc"))
     np.testing.assert_allclose(bs.draws(loaded)["alpha"], bs.draws(fit)["alpha"])
     assert loaded.converged == fit.converged
@@ -416,7 +416,7 @@ def test_job_compares_its_laws_per_data_set_and_averages_their_forecasts(tmp_pat
         assert set(rows["law"]) == {"chinchilla", "kaplan"} and rows["weight"].sum() == pytest.approx(1.0)
         assert sorted(rows["rank"]) == [0, 1]
         for _, row in rows.iterrows():  # the elpd is the saved fit's own PSIS-LOO
-            assert row["elpd_loo"] == pytest.approx(float(az.loo(bs.load(summary.loc[(name, row["law"]), "file"]).data, var_name="y").elpd), rel=1e-6)
+            assert row["elpd_loo"] == pytest.approx(float(az.loo(bs.load(summary.loc[(name, row["law"]), "file"]).data, var_name="loss").elpd), rel=1e-6)
         # A mixture's quantiles lie between its components' (up to Monte Carlo error).
         averaged = pd.read_parquet(tmp_path / "out" / "averaged.parquet").set_index("dataset").loc[name]
         for q in ("q5", "q95"):

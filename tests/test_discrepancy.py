@@ -152,7 +152,7 @@ def test_fit_with_a_discrepancy_widens_forecasts_with_the_distance_and_saves(wal
     np.testing.assert_allclose(np.asarray(walk_fit.data.posterior["drift"]),
                                0.03 * np.abs(np.asarray(walk_fit.data.posterior["_drift_z"])))
     # The pointwise log-likelihood holds each run's leave-one-out conditional: finite, one per run.
-    loglik = np.asarray(walk_fit.data.log_likelihood["y"])
+    loglik = np.asarray(walk_fit.data.log_likelihood["loss"])
     assert loglik.shape[-1] == 40 and np.isfinite(loglik).all()
     near = {"N": 3e9, "D": 1e11}       # inside the fitted compute range
     far = {"N": 3e11, "D": 1e13}       # 10,000x the compute of the near point

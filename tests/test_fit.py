@@ -44,10 +44,19 @@ def test_real_data_fit_is_a_full_datatree(besiroglu_fit):
                   "posterior_predictive", "prior", "prior_predictive"):
         assert group in dt.children, group
     assert dt.posterior.sizes["chain"] == 4 and dt.posterior.sizes["draw"] == 1000
-    assert dt.log_likelihood["y"].shape == (4, 1000, 240)
-    np.testing.assert_allclose(np.asarray(dt.observed_data["y"]), besiroglu_fit.runs.y)
+    assert dt.log_likelihood["loss"].shape == (4, 1000, 240)
+    np.testing.assert_allclose(np.asarray(dt.observed_data["loss"]), besiroglu_fit.runs.y)
     # Parameters are in the user's (published) units, not the sampler's.
     assert 100 < float(dt.posterior["A"].median()) < 2000
+
+
+def test_the_observed_variable_is_named_after_the_output_unless_that_name_is_taken():
+    from bayescale.posterior import observed_name
+
+    assert observed_name("loss", ["E", "A", "alpha", "N", "D"]) == "loss"
+    assert observed_name("E", ["E", "A", "alpha", "N", "D"]) == "y"      # a parameter's name
+    assert observed_name("N", ["E", "A", "alpha", "N", "D"]) == "y"      # an input's name
+    assert observed_name("", []) == "y" and observed_name(None, []) == "y"
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,22 @@ def partial_fit():
     return bs.fit(grouped_table(), "chinchilla", group="corpus", shared=["alpha", "beta"], seed=0)
 
 
+def test_a_small_grouped_fit_runs_end_to_end_with_arviz_groups():
+    """The default run's one grouped NUTS fit (the recovery checks above are slow): it once crashed while
+    building the DataTree (a per-group site's summed log prior was given the "group" dimension)."""
+    import arviz as az
+
+    fit = bs.fit(grouped_table(runs_per_group=12), "chinchilla", group="corpus", shared=["alpha", "beta"],
+                 num_warmup=150, num_samples=150, num_chains=2, map_starts=8, seed=0)
+    assert fit.data.posterior["E"].dims == ("chain", "draw", "group")
+    assert set(fit.data.log_prior.data_vars) >= {"alpha", "beta", "sigma"}
+    assert all(v.dims == ("chain", "draw") for v in fit.data.log_prior.data_vars.values())
+    sensitivity = az.psense_summary(fit.data, var_names=["alpha", "beta"])
+    assert np.isfinite(np.asarray(sensitivity.filter(like="prior"), dtype=float)).all()
+    draws = fit.predict({"N": 1e9, "D": 2e10, "corpus": "a new corpus"}).new_run
+    assert np.isfinite(draws).all()
+
+
 @pytest.mark.slow  # shares one grouped NUTS fit (~40 s): the default run keeps the cheap checks
 def test_partial_pooling_recovers_each_group(partial_fit):
     fit = partial_fit

@@ -111,8 +111,8 @@ def test_ar1_fit_recovers_the_law_and_the_correlation(annealing_fit):
 
 
 def test_ar1_posterior_predictive_replicates_curves(annealing_fit):
-    ppc = np.asarray(annealing_fit.data.posterior_predictive["y"])
-    observed = np.asarray(annealing_fit.data.observed_data["y"])
+    ppc = np.asarray(annealing_fit.data.posterior_predictive["loss"])
+    observed = np.asarray(annealing_fit.data.observed_data["loss"])
     assert ppc.shape[-1] == observed.shape[0] and np.isfinite(ppc).all()
     # Replicated residuals are correlated along a run, as the data are.
     residual = np.log(ppc[0, :200]) - np.log(np.median(ppc[0], axis=0))

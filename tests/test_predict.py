@@ -26,6 +26,27 @@ def test_mean_draws_are_the_law_at_each_posterior_draw(fit):
     assert prediction.mean.shape == prediction.new_run.shape == (2000, 2)
 
 
+def test_a_forecast_is_an_arviz_predictions_group_that_arviz_can_mix(fit):
+    import arviz as az
+
+    at = {"N": [1e9, 7e10], "D": [2e10, 1.4e12]}
+    prediction = bs.predict(fit, at)
+    tree = prediction.to_datatree()
+    chains = fit.data.posterior.sizes["chain"]
+    assert tree.predictions["loss"].dims == ("chain", "draw", "point")
+    assert tree.predictions["loss"].shape == (chains, fit.data.posterior.sizes["draw"], 2)
+    # chain by chain, the draws are the prediction's own, and the inputs come along
+    np.testing.assert_array_equal(np.asarray(tree.predictions["loss"]).reshape(-1, 2), prediction.new_run)
+    np.testing.assert_array_equal(np.asarray(tree.predictions["loss_mean"]).reshape(-1, 2), prediction.mean)
+    np.testing.assert_array_equal(tree.predictions_constant_data["N"], at["N"])
+    # beside the fit's own groups (ArviZ's layout), two forecasts mix by weights
+    first, second = (bs.predict(fit, at, seed=seed).to_datatree(fit) for seed in (0, 1))
+    assert {"posterior", "observed_data", "predictions", "predictions_constant_data"} <= set(first.children)
+    assert "predictions" not in fit.data.children  # the fit's tree is left as it was
+    mixed = az.weight_predictions([first, second], weights=[0.5, 0.5], group="predictions")
+    assert np.isfinite(np.asarray(mixed["predictions"]["loss"])).all()
+
+
 def test_new_run_interval_is_wider_than_the_mean_interval(fit):
     q = bs.predict(fit, {"N": 70e9, "D": 1.4e12}).quantiles((0.05, 0.5, 0.95)).iloc[0]
     assert q.new_run_q5 < q.mean_q5 < q.mean_q50 < q.mean_q95 < q.new_run_q95
@@ -208,7 +229,7 @@ def test_runs_are_labelled_as_in_the_table_and_the_labels_survive_saving(fit, tm
     labelled = bs.fit(table, "chinchilla", discrepancy=None, num_warmup=500, num_samples=500, seed=0)
     for group in ("observed_data", "log_likelihood", "posterior_predictive"):
         assert list(labelled.data[group].coords["run"].values[:2]) == ["run-0", "run-1"]
-    assert float(labelled.data.observed_data["y"].sel(run="run-5")) == pytest.approx(table.loc["run-5", "loss"])
+    assert float(labelled.data.observed_data["loss"].sel(run="run-5")) == pytest.approx(table.loc["run-5", "loss"])
     again = bs.load(labelled.save(tmp_path / "labelled.nc"))
     assert list(again.data.observed_data.coords["run"].values[:2]) == ["run-0", "run-1"]
     # The default index stays 0..n-1; repeated labels fall back to positions.
