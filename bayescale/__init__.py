@@ -21,7 +21,7 @@ _configure()
 # NumPyro and ArviZ until something needs them.
 _EXPORTS = {
     "bayescale.diagnostics": ("ConvergenceWarning", "Diagnostics", "Thresholds", "check_convergence"),
-    "bayescale.examples": ("EXAMPLES", "load_example"),
+    "bayescale.examples": ("EXAMPLES", "example_file", "load_example"),
     "bayescale.fit": ("Fit", "fit"),
     "bayescale.misfit": ("Misfit", "MisfitWarning", "check_misfit"),
     "bayescale.inference": ("SamplerSettings",),

@@ -21,6 +21,9 @@ from pathlib import Path
 EXIT_INTERNAL_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_NOT_CONVERGED = 3
+# The names of bayescale.examples.EXAMPLES, written out so that `--help` does not import the engine (and
+# pandas); tests/test_cli.py checks that the two agree.
+EXAMPLE_NAMES = ("chinchilla", "overtrain")
 
 
 def is_user_error(err: BaseException) -> bool:
@@ -78,6 +81,35 @@ def parse_columns(items: list[str]) -> dict[str, str]:
             raise ValueError(f"--column: expected INPUT=COLUMN, got {item!r}")
         columns[key.strip()] = value.strip().strip('"')
     return columns
+
+
+def selected_rows(data, where: list[str] | None):
+    """`data` (a path or a table) limited to the rows where every `--where COLUMN=VALUE` holds (values compared
+    as text, so `--where N_params=411616256` and `--where dataset=rpj` both work). A column that is not in the
+    table, or a condition that no row meets, is an error naming what the table has."""
+    if not where:
+        return data
+    from bayescale.runs import read_table
+
+    table = read_table(data)
+    keep = None
+    for item in where:
+        column, sep, value = item.partition("=")
+        column, value = column.strip(), value.strip().strip('"')
+        if not sep or not column:
+            raise ValueError(f"--where: expected COLUMN=VALUE, got {item!r}")
+        if column not in table.columns:
+            raise ValueError(f"--where {item!r}: no column {column!r}; columns are {', '.join(map(str, table.columns))}")
+        text = table[column].astype(str)
+        hits = text == value
+        if not hits.any():
+            values = sorted(text.unique())
+            shown = ", ".join(values[:12]) + (f", ... ({len(values)} values)" if len(values) > 12 else "")
+            raise ValueError(f"--where {item!r}: no row has {column} = {value!r}; its values are {shown}")
+        keep = hits if keep is None else keep & hits
+    if not keep.any():
+        raise ValueError(f"--where {' '.join(where)}: no row meets every condition")
+    return table[keep.to_numpy()]
 
 
 def parse_point(text: str, labels: tuple[str, ...] = ()) -> dict[str, float | str]:
@@ -158,12 +190,13 @@ def cmd_fit(args) -> int:
 
     if args.example:
         example = bs.EXAMPLES[args.example]
-        table = bs.load_example(args.example)
+        table = selected_rows(bs.load_example(args.example), args.where)
         law, columns, y = args.law or example.law, {**example.columns, **parse_columns(args.column)}, args.y or example.y
+        args.group = args.group or example.group
     else:
         if not args.data:
             raise ValueError("give a table of runs (CSV or Parquet) or --example NAME")
-        table, law, columns, y = args.data, args.law, parse_columns(args.column), args.y or "loss"
+        table, law, columns, y = selected_rows(args.data, args.where), args.law, parse_columns(args.column), args.y or "loss"
         if not law:
             raise ValueError("--law is required (see `bayescale laws`)")
     likelihood = bs.Likelihood(family=args.likelihood, nu=None if args.nu == "fit" else float(args.nu),
@@ -192,7 +225,8 @@ def cmd_fit(args) -> int:
                "summary": result.summary().to_dict(orient="index"), "diagnostics": result.diagnostics.to_dict(),
                "misfit": None if result.misfit is None else result.misfit.to_dict(), "attempts": result.attempts,
                # What reproduces the run: data binding, model and sampler, and the software.
-               "data": str(args.data) if args.data else f"example {args.example}", "columns": mapping,
+               "data": str(args.data) if args.data else f"example {args.example}", "where": args.where or [],
+               "columns": mapping,
                "output": result.runs.output, "runs": len(result.runs), "likelihood": result.likelihood.to_dict(),
                "seed": result.seed, "settings": result.settings.to_dict(), "versions": _versions()})
     else:
@@ -273,7 +307,7 @@ def cmd_backtest(args) -> int:
     priors = dict(parse_prior(p) for p in args.prior or [])
     laws = [name for item in args.law for name in _names(item)]
     result = backtest(
-        args.data, laws, columns=parse_columns(args.column), y=args.y, likelihood=args.likelihood,
+        selected_rows(args.data, args.where), laws, columns=parse_columns(args.column), y=args.y, likelihood=args.likelihood,
         discrepancy=discrepancy, priors=priors,
         by=args.by, holdout=args.holdout, cuts=_shares(args.cuts) if args.cuts else None,
         holdout_column=args.holdout_column, datasets=args.datasets, num_warmup=args.warmup,
@@ -442,7 +476,7 @@ def cmd_fit_downstream(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bs.ConvergenceWarning)
         result = downstream.fit_downstream(
-            args.data, tasks=tasks, loss_law=args.law, link=args.link, loss_column=args.loss,
+            selected_rows(args.data, args.where), tasks=tasks, loss_law=args.law, link=args.link, loss_column=args.loss,
             columns=parse_columns(args.column), items=items, chance=chance, likelihood=args.likelihood,
             metric_likelihood=args.metric_likelihood, pooling=args.pooling,
             shared=[n for item in args.shared or [] for n in item.split(",") if n], run_effect=args.run_effect,
@@ -525,7 +559,7 @@ def cmd_prior_check(args) -> int:
 
     priors = dict(parse_prior(p) for p in args.prior or [])
     check = prior_predictive(
-        args.law, args.data, columns=parse_columns(args.column), y=args.y, likelihood=args.likelihood,
+        args.law, selected_rows(args.data, args.where), columns=parse_columns(args.column), y=args.y, likelihood=args.likelihood,
         priors=priors, num_draws=args.draws, seed=args.seed, allow_repeats=args.allow_repeats,
     )
     table = check.quantiles()
@@ -552,7 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit a law to a table of runs and save the posterior")
     p.add_argument("data", nargs="?", help="CSV, TSV or Parquet table of runs")
-    p.add_argument("--example", choices=["chinchilla"], help="use an example data set shipped with bayescale")
+    p.add_argument("--where", action="append", metavar="COLUMN=VALUE",
+                   help="use only the rows where COLUMN equals VALUE (repeatable: all must hold)")
+    p.add_argument("--example", choices=EXAMPLE_NAMES, help="use an example data set shipped with bayescale "
+                   "(its law, columns and output unless given)")
     p.add_argument("--law", help="law name (see `bayescale laws`)")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
     p.add_argument("--y", help="output column (default: loss)")
@@ -609,6 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backtest", help="refit without the largest runs and score the forecasts of them")
     p.add_argument("data", help="CSV, TSV or Parquet table of runs")
+    p.add_argument("--where", action="append", metavar="COLUMN=VALUE",
+                   help="use only the rows where COLUMN equals VALUE (repeatable: all must hold)")
     p.add_argument("--law", action="append", required=True, metavar="LAW[,LAW...]", help="law(s) to backtest")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
     p.add_argument("--y", default="loss", help="output column")
@@ -628,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit-downstream", help="fit loss law and link to loss and task accuracies as one posterior")
     p.add_argument("data", help="CSV, TSV or Parquet table: loss-law inputs, a loss column, accuracy columns")
+    p.add_argument("--where", action="append", metavar="COLUMN=VALUE",
+                   help="use only the rows where COLUMN equals VALUE (repeatable: all must hold)")
     p.add_argument("--task", action="append", required=True, metavar="COLUMN[,COLUMN...]", help="accuracy column(s) (repeatable)")
     p.add_argument("--law", default="chinchilla", help="loss law")
     p.add_argument("--link", default="link_sigmoid", help="link law from loss to metric (default: link_sigmoid)")
@@ -682,6 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prior-check", help="prior predictive check: prior bands at the runs against the data")
     p.add_argument("data", help="CSV, TSV or Parquet table of runs")
+    p.add_argument("--where", action="append", metavar="COLUMN=VALUE",
+                   help="use only the rows where COLUMN equals VALUE (repeatable: all must hold)")
     p.add_argument("--law", required=True, help="law name (see `bayescale laws`)")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
     p.add_argument("--y", default="loss", help="output column")
