@@ -192,7 +192,8 @@ def cmd_fit(args) -> int:
         example = bs.EXAMPLES[args.example]
         table = selected_rows(bs.load_example(args.example), args.where)
         law, columns, y = args.law or example.law, {**example.columns, **parse_columns(args.column)}, args.y or example.y
-        args.group = args.group or example.group
+        if not args.group and example.group and table[example.group].nunique() > 1:
+            args.group = example.group  # the example's setups (several left by --where): a grouped fit
     else:
         if not args.data:
             raise ValueError("give a table of runs (CSV or Parquet) or --example NAME")
@@ -589,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", action="append", metavar="COLUMN=VALUE",
                    help="use only the rows where COLUMN equals VALUE (repeatable: all must hold)")
     p.add_argument("--example", choices=EXAMPLE_NAMES, help="use an example data set shipped with bayescale "
-                   "(its law, columns and output unless given)")
+                   "(its law, columns and output unless given; grouped by its setups where it has several)")
     p.add_argument("--law", help="law name (see `bayescale laws`)")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
     p.add_argument("--y", help="output column (default: loss)")

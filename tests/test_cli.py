@@ -220,3 +220,23 @@ def test_backtest_json_and_its_hold_out_column(fitted, capsys, tmp_path):
     assert main(["backtest", str(tmp_path / "split.csv"), "--law", "chinchilla", "--column", "N=params",
                  "--column", "D=tokens", "--holdout-column", "split"]) == EXIT_BAD_INPUT
     assert "hold-out column 'split' must hold booleans" in capsys.readouterr().err
+
+
+def test_where_keeps_the_rows_of_one_setup_and_names_what_the_table_has():
+    import pandas as pd
+
+    from bayescale.cli import selected_rows
+
+    table = pd.DataFrame({"dataset": ["rpj", "c4", "rpj"], "N": [1e8, 1e8, 4e8], "loss": [3.0, 3.1, 2.8]})
+    assert selected_rows(table, None) is table
+    assert selected_rows(table, ["dataset=rpj"])["N"].tolist() == [1e8, 4e8]
+    assert selected_rows(table, ["dataset=rpj", "N=400000000.0"])["loss"].tolist() == [2.8]
+    with pytest.raises(ValueError, match="no column 'corpus'; columns are dataset, N, loss"):
+        selected_rows(table, ["corpus=rpj"])
+    with pytest.raises(ValueError, match="no row has dataset = 'pile'; its values are c4, rpj"):
+        selected_rows(table, ["dataset=pile"])
+    with pytest.raises(ValueError, match="no row meets every condition"):
+        selected_rows(table, ["dataset=c4", "N=400000000.0"])
+    with pytest.raises(ValueError, match="expected COLUMN=VALUE"):
+        selected_rows(table, ["dataset"])
+
