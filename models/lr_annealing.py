@@ -79,10 +79,12 @@ def schedule_areas(source, run: str = "run", step: str = "step", lr: str = "lr",
             raise DataError(f"column {column!r} must be positive numbers; not at rows {list(rates.index[bad][:8])}")
     if not 0 < decay < 1:
         raise ValueError(f"the annealing momentum must lie in (0, 1), got {decay}")
-    table["S1"], table["S2"] = np.nan, np.nan
+    # Rows are addressed by position: a table's index may repeat (pd.concat of per-run frames keeps theirs).
+    s1_all, s2_all = np.full(len(table), np.nan), np.full(len(table), np.nan)
     by_run = dict(tuple(rates.groupby(run, sort=False)))
     late = []
-    for name, rows in table.groupby(run, sort=False):
+    for name, positions in table.groupby(run, sort=False).indices.items():
+        rows = table.iloc[positions]
         if name not in by_run:
             raise DataError(f"run {name!r} has no learning-rate schedule in the schedule table")
         known = by_run[name].sort_values(step)
@@ -91,7 +93,8 @@ def schedule_areas(source, run: str = "run", step: str = "step", lr: str = "lr",
         every = np.arange(1, int(max(known[step].max(), rows[step].max())) + 1)
         s1, s2 = schedule_areas_of_run(every, np.interp(every, known[step], known[lr]), decay)
         at = pd.to_numeric(rows[step]).to_numpy().astype(int) - 1
-        table.loc[rows.index, "S1"], table.loc[rows.index, "S2"] = s1[at], s2[at]
+        s1_all[positions], s2_all[positions] = s1[at], s2[at]
+    table["S1"], table["S2"] = s1_all, s2_all
     if late:
         warnings.warn(f"learning rates of runs {', '.join(late[:5])} start after step 1: the rate before is taken "
                       "as the first one given, so S1 and S2 miss any warm-up; pass schedule= with every step",

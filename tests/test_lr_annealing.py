@@ -94,6 +94,17 @@ def test_table_errors_name_the_column():
         bs.fit(twice, "lr_annealing", likelihood="ar1", sequence=("run", "step"))
 
 
+def test_schedule_areas_do_not_depend_on_the_tables_index():
+    """Per-run frames joined by pd.concat keep their own 0..n-1 index; the areas must not mix runs up."""
+    table, schedule = simulate_curves(), schedules()
+    expected = schedule_areas(table, schedule=schedule)
+    repeated = pd.concat([frame.reset_index(drop=True) for _, frame in table.groupby("run", sort=False)])
+    assert repeated.index.has_duplicates
+    got = schedule_areas(repeated, schedule=schedule)
+    np.testing.assert_array_equal(got[["S1", "S2"]].to_numpy(), expected[["S1", "S2"]].to_numpy())
+    assert (got.index == repeated.index).all()
+
+
 @pytest.fixture(scope="module")
 def annealing_fit():
     table = schedule_areas(simulate_curves(), schedule=schedules())
