@@ -543,10 +543,34 @@ def cmd_predict_downstream(args) -> int:
     return 0
 
 
-def cmd_compare_links(args) -> int:
-    from bayescale.link_comparison import compare_links
+def cmd_score_link(args) -> int:
+    from bayescale import downstream
+    from bayescale.link_comparison import link_score, save_link_score
 
-    fits = _load_downstream_fits(args.fits, "the rows")
+    fit = downstream.load_downstream(args.fit)
+    score = link_score(fit, held_out=args.held_out, future=not args.no_future)
+    out = Path(args.out) if args.out else Path(args.fit).with_suffix(".score.json")
+    save_link_score(score, out)
+    shown = {k: v for k, v in score.items() if not k.startswith("pointwise_")}
+    if args.json:
+        _json({"file": str(out), **shown})
+    else:
+        print(f"link score of {args.fit} -> {out}")
+        for key, value in shown.items():
+            print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_compare_links(args) -> int:
+    from bayescale import downstream
+    from bayescale.link_comparison import compare_links, load_link_score
+
+    def name(path: str) -> str:
+        return Path(path).name.removesuffix(".score.json").removesuffix(".json") if path.endswith(".json") else Path(path).stem
+
+    fits = {name(p): load_link_score(p) if p.endswith(".json") else downstream.load_downstream(p) for p in args.fits}
+    if len(fits) != len(args.fits):
+        raise ValueError("fit and score files must have distinct names (stems): they name the rows")
     table = compare_links(fits, held_out=args.held_out, future=not args.no_future)
     if args.json:
         _json(table.to_dict(orient="index"))
@@ -715,8 +739,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict_downstream)
 
+    p = sub.add_parser("score-link", help="score one downstream fit's link (PSIS-LOO and the leave-future-out refit) "
+                       "into a file, for compare-links; several run in parallel")
+    p.add_argument("fit", help="downstream fit file (from `bayescale fit-downstream --out`)")
+    p.add_argument("--held-out", type=int, default=1, help="runs with the lowest loss whose accuracies are held out")
+    p.add_argument("--no-future", action="store_true", help="LOO only: skip the leave-future-out refit")
+    p.add_argument("--out", help="score file (default: the fit file with suffix .score.json)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_score_link)
+
     p = sub.add_parser("compare-links", help="compare downstream fits' links: PSIS-LOO and leave-future-out score")
-    p.add_argument("fits", nargs="+", help="downstream fit files (from `bayescale fit-downstream --out`) of the same runs")
+    p.add_argument("fits", nargs="+", help="downstream fit files (from `bayescale fit-downstream --out`) of the same "
+                   "runs, or their score files (from `bayescale score-link`, *.json)")
     p.add_argument("--held-out", type=int, default=1, help="runs with the lowest loss whose accuracies are held out")
     p.add_argument("--no-future", action="store_true", help="LOO only: skip the leave-future-out refits")
     p.add_argument("--json", action="store_true")

@@ -22,8 +22,11 @@ density of fractions, the Binomial families a probability of counts: their elpds
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -125,6 +128,10 @@ def holdout_score(fit, held_out: int = 1, *, seed: int | None = None, settings: 
     }
 
 
+FUTURE_KEYS = ("held_out_runs", "elpd_future", "elpd_future_se", "future_average_rel_error",
+               "future_average_covered_90", "future_refit_converged", "pointwise_future")
+
+
 def stacking_weights(pointwise: Mapping[str, np.ndarray], *, tol: float = 1e-10, max_iter: int = 100_000) -> dict[str, float]:
     """Stacking weights from pointwise log predictive densities (name -> one value per held-out observation,
     the same observations for every name): the weights w on the simplex that maximise
@@ -153,32 +160,80 @@ def stacking_weights(pointwise: Mapping[str, np.ndarray], *, tol: float = 1e-10,
     return dict(zip(names, (float(v) for v in w / w.sum())))
 
 
+def runs_fingerprint(runs) -> str:
+    """A digest of what a link score is computed on (tasks, accuracies, losses, which rows inform the loss
+    law): scores compare only when it is the same."""
+    digest = hashlib.sha256("\x1f".join(map(str, runs.tasks)).encode())
+    for values in (runs.accuracy, runs.loss, runs.law_mask):
+        array = np.ascontiguousarray(np.asarray(values, dtype=float))
+        digest.update(str(array.shape).encode())
+        digest.update(np.where(np.isnan(array), -1.2345e300, array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def link_score(fit, held_out: int = 1, *, future: bool = True) -> dict:
+    """One fit's row of `compare_links`, with its pointwise values (`pointwise_loo`, `pointwise_future`) and
+    what it was computed on (`runs`: `runs_fingerprint`; `metric_scale`; `held_out`), so that scores computed
+    in separate processes (`save_link_score`, CLI `bayescale score-link`) are compared later."""
+    score = {"link": fit.link.name, "pooling": fit.spec.pooling, "converged": bool(fit.converged)}
+    score.update(loo_metric(fit))
+    if future:
+        score.update(holdout_score(fit, held_out))
+    score.update(runs=runs_fingerprint(fit.runs), held_out=int(held_out) if future else 0,
+                 metric_scale="density" if fit.spec.metric_likelihood.family == "beta" else "counts")
+    return score
+
+
+def save_link_score(score: Mapping, path) -> Path:
+    """Write a `link_score` as JSON (arrays as lists); read it back with `load_link_score`."""
+    path = Path(path)
+    data = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in score.items()}
+    path.write_text(json.dumps({"kind": "bayescale link score", **data}, indent=1))
+    return path
+
+
+def load_link_score(path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable link score ({err})") from None
+    if not isinstance(data, dict) or data.pop("kind", None) != "bayescale link score":
+        raise ValueError(f"{path}: not a link score written by `bayescale score-link` / save_link_score")
+    return {k: (np.asarray(v, float) if k.startswith("pointwise_") else v) for k, v in data.items()}
+
+
 def compare_links(fits: Mapping[str, object], held_out: int = 1, *, future: bool = True) -> pd.DataFrame:
     """One row per named downstream fit: PSIS-LOO over the observed accuracies and (when `future`) the
     leave-future-out score of its link. Fits must be to the same runs and tasks. Sorted by `elpd_future`
     (or `elpd_loo`), best first; `elpd_*_diff` is each row minus the best, and `elpd_*_diff_se` the standard
     error of that difference from the paired pointwise values (the same cells score every fit), which is
     what tells a real difference from noise. `stacking_weight`: the stacking weights of the fits on the same
-    pointwise scores (`stacking_weights`), for `bayescale.averaging.average_downstream`."""
+    pointwise scores (`stacking_weights`), for `bayescale.averaging.average_downstream`.
+
+    A value of `fits` may be a score already computed (`link_score`, or `load_link_score` of a file that
+    `bayescale score-link` wrote in another process): the leave-future-out refits, the slow part, then run
+    wherever and whenever suits. Scores must be of the same runs and, with `future`, of the same `held_out`."""
     if len(fits) < 1:
         raise ValueError("give at least one downstream fit")
-    first = next(iter(fits.values()))
-    for name, fit in fits.items():
-        same = (fit.runs.tasks == first.runs.tasks and fit.runs.accuracy.shape == first.runs.accuracy.shape
-                and np.array_equal(fit.runs.accuracy, first.runs.accuracy, equal_nan=True))
-        if not same:
-            raise ValueError(f"fit {name!r} is not to the same runs and tasks as {next(iter(fits))!r}")
-        if (fit.spec.metric_likelihood.family == "beta") != (first.spec.metric_likelihood.family == "beta"):
+    scores = {name: dict(fit) if isinstance(fit, Mapping) else link_score(fit, held_out, future=future)
+              for name, fit in fits.items()}
+    first_name, first = next(iter(scores.items()))
+    for name, score in scores.items():
+        if score["runs"] != first["runs"]:
+            raise ValueError(f"fit {name!r} is not to the same runs and tasks as {first_name!r}")
+        if score["metric_scale"] != first["metric_scale"]:
             raise ValueError(
-                f"fit {name!r} and {next(iter(fits))!r} score accuracies on different scales (a Beta density of "
+                f"fit {name!r} and {first_name!r} score accuracies on different scales (a Beta density of "
                 f"fractions against probabilities of counts): compare links under the same metric likelihood"
             )
+        if future and ("pointwise_future" not in score or score["held_out"] != held_out):
+            raise ValueError(f"the score of {name!r} has no leave-future-out part with held_out={held_out} "
+                             f"(it was computed with held_out={score['held_out']}; 0 means none)")
     rows, pointwise = {}, {}
-    for name, fit in fits.items():
-        row = {"link": fit.link.name, "pooling": fit.spec.pooling, "converged": bool(fit.converged)}
-        row.update(loo_metric(fit))
-        if future:
-            row.update(holdout_score(fit, held_out))
+    for name, score in scores.items():
+        row = {k: v for k, v in score.items() if k not in ("runs", "held_out", "metric_scale")}
+        if not future:
+            row = {k: v for k, v in row.items() if k not in FUTURE_KEYS}
         pointwise[name] = {k: row.pop(f"pointwise_{k}") for k in ("loo", "future") if f"pointwise_{k}" in row}
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")

@@ -9,7 +9,8 @@ import pytest
 
 from bayescale import downstream as ds
 from bayescale.averaging import average_downstream, mix_downstream
-from bayescale.link_comparison import compare_links, future_runs, holdout_score, loo_metric, stacking_weights
+from bayescale.link_comparison import (compare_links, future_runs, holdout_score, link_score, load_link_score, loo_metric,
+                                       save_link_score, stacking_weights)
 from test_downstream import CHANCE, ITEMS, LOSS, small
 
 
@@ -126,6 +127,27 @@ def test_compare_links_needs_the_same_data(exponential_fit):
     assert "pointwise_loo" not in table.columns and table["stacking_weight"].iloc[0] == pytest.approx(1.0)
 
 
+def test_scores_saved_in_one_process_compare_like_the_fits_themselves(exponential_fit, tmp_path):
+    import dataclasses
+
+    fit = exponential_fit
+    direct = compare_links({"a": fit}, future=False)
+    path = save_link_score(link_score(fit, future=False), tmp_path / "a.score.json")
+    loaded = load_link_score(path)
+    pd.testing.assert_frame_equal(compare_links({"a": loaded}, future=False), direct)
+    # a score mixes with a fit, and is checked against it like another fit would be
+    pd.testing.assert_frame_equal(compare_links({"a": loaded, "b": fit}, future=False).loc[["a"]].drop(
+        columns=["stacking_weight"]), direct.drop(columns=["stacking_weight"]), check_exact=False)
+    other = dataclasses.replace(fit, runs=dataclasses.replace(fit.runs, accuracy=fit.runs.accuracy * 0.99))
+    with pytest.raises(ValueError, match="same runs"):
+        compare_links({"a": loaded, "b": other}, future=False)
+    with pytest.raises(ValueError, match="no leave-future-out part with held_out=1"):
+        compare_links({"a": loaded})                      # scored without the refit
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a link score"):
+        load_link_score(tmp_path / "bad.json")
+
+
 def test_stacking_weights_maximise_the_mixture_density():
     rng = np.random.default_rng(1)
     a = rng.normal(-2.0, 1.0, 40)
@@ -195,6 +217,12 @@ def test_cli_compare_links_loo_only(tmp_path, capsys, exponential_fit):
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"exponential"} and out["exponential"]["observations"] == exponential_fit.runs.accuracy.size - 1
     assert main(["compare-links", str(tmp_path / "missing.nc")]) == 2
+    # scored in one process, compared in another
+    assert main(["score-link", str(a), "--no-future", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["file"].endswith("exponential.score.json") and scored["held_out"] == 0
+    assert main(["compare-links", scored["file"], "--no-future", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exponential"]["elpd_loo"] == out["exponential"]["elpd_loo"]
 
 
 def test_cli_predict_downstream_averages_several_fits(tmp_path, capsys, exponential_fit):
