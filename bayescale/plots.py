@@ -39,6 +39,16 @@ def interval_levels(interval: float = 0.9) -> tuple[float, float, float]:
     return tail, 0.5, round(1.0 - tail, 12)
 
 
+# Units of the inputs that the catalogue's laws share (bayescale.law.STANDARD_DERIVATIONS); other names are
+# shown as they are.
+_INPUT_UNITS = {"N": "parameters", "D": "tokens", "C": "training compute, FLOP", "M": "tokens per parameter"}
+
+
+def axis_label(name: str) -> str:
+    """An input's name with its unit where the catalogue fixes one: "N" -> "N (parameters)"."""
+    return f"{name} ({_INPUT_UNITS[name]})" if name in _INPUT_UNITS else name
+
+
 def _column(name: str, level: float) -> str:
     # The naming of Prediction.quantiles / Allocation.quantiles.
     return f"{name}_q{100 * level:g}"
@@ -181,7 +191,7 @@ def plot_fit_bands(
     if fit.law.output_scale == "log":  # a signed output (output_scale="raw") is drawn on a linear axis
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
-    ax.set_xlabel(x)
+    ax.set_xlabel(axis_label(x))
     ax.set_ylabel(output)
     percent = f"{100 * interval:g}%"
     ax.set_title(f"{fit.law.name}: posterior predictive" + (f", one curve per {by} slice" if by else ""),
@@ -196,7 +206,7 @@ def plot_fit_bands(
     if by is not None:
         from matplotlib.cm import ScalarMappable
 
-        ax.figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, label=by)
+        ax.figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, label=axis_label(by))
     return ax
 
 
@@ -253,13 +263,14 @@ def plot_optimal_frontier(
                 gid=f"{name}:median")
         if show_runs and name in ("N", "D"):
             runs = observed_inputs(fit, ["C", name])
-            ax.scatter(runs["C"], runs[name], color=colour, s=6, alpha=0.5, gid=f"{name}:runs")
+            # Hollow: these are the ladder's runs, optimal or not, drawn to show how far the frontier reaches.
+            ax.scatter(runs["C"], runs[name], facecolors="none", edgecolors=colour, s=10, linewidths=0.7, alpha=0.7,
+                       gid=f"{name}:runs", label=f"{name} of every fitted run (not only optimal ones)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("compute C (FLOP)")
     ax.set_ylabel(" / ".join(_QUANTITY_LABELS[q].split(" (")[0] for q in quantities))
-    ax.set_title(f"{fit.law.name}: compute-optimal allocation, median and {100 * interval:g}% band"
-                 + (" (dots: fitted runs)" if show_runs and set(quantities) & {"N", "D"} else ""), fontsize=10)
+    ax.set_title(f"{fit.law.name}: compute-optimal allocation, median and {100 * interval:g}% band", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
     return ax
@@ -290,27 +301,38 @@ def plot_diagnostics(fit, kind: str = "trace", var_names: Sequence[str] | None =
 
 
 def plot_prior_predictive(check, x: str | None = None, num_curves: int = 50, band=(0.005, 0.995), ax=None):
-    """Prior curves against the data, from a `bayescale.prior_predictive.PriorPredictive`: `num_curves` prior
-    draws of the law's mean at the runs (sorted along input `x`, default the law's first input), the band of
-    new runs (default the verdict's 99%), and the observed runs. gids: "prior:curve", "prior:band",
-    "observed"."""
+    """Prior draws against the data, from a `bayescale.prior_predictive.PriorPredictive`, on log `x` (default
+    the law's first input).
+
+    A one-input law: `num_curves` prior draws of the law's mean as curves through the runs, and the band of
+    new runs (default the verdict's 99%) as a shaded area. A law of several inputs: runs that are neighbours
+    in `x` differ in the other inputs (an IsoFLOP ladder jumps in D as N grows), so joining them would draw
+    saw-teeth; each run gets its band as a vertical bar and each prior draw its means as faint dots.
+    gids: "prior:curve" (one line, or one set of dots, per draw), "prior:band", "observed"."""
     ax = _axes(ax)
     x = x or check.law.inputs[0]
     order = np.argsort(check.runs.x[x])
     xs = np.asarray(check.runs.x[x])[order]
-    for curve in check.mean[:num_curves, order]:
-        ax.plot(xs, curve, color="tab:blue", alpha=0.15, lw=0.8, gid="prior:curve")
     finite = np.where(np.isfinite(check.new_run), check.new_run, np.nan)[:, order]
     lo, hi = np.nanquantile(finite, band[0], axis=0), np.nanquantile(finite, band[1], axis=0)
-    ax.fill_between(xs, lo, hi, color="tab:blue", alpha=0.15, gid="prior:band",
-                    label=f"{100 * (band[1] - band[0]):g}% prior predictive")
+    band_label = f"{100 * (band[1] - band[0]):g}% prior predictive (new run)"
+    if len(check.law.inputs) == 1:
+        for i, curve in enumerate(check.mean[:num_curves, order]):
+            ax.plot(xs, curve, color="tab:blue", alpha=0.15, lw=0.8, gid="prior:curve",
+                    label="prior draws of the law" if i == 0 else None)
+        ax.fill_between(xs, lo, hi, color="tab:blue", alpha=0.15, gid="prior:band", label=band_label)
+    else:
+        for i, means in enumerate(check.mean[:num_curves, order]):
+            ax.scatter(xs, means, color="tab:blue", alpha=0.3, s=5, linewidths=0, zorder=2, gid="prior:curve",
+                       label="prior draws of the law (at each run)" if i == 0 else None)
+        ax.vlines(xs, lo, hi, color="0.75", lw=3, zorder=1, gid="prior:band", label=band_label)
     ax.scatter(xs, np.asarray(check.runs.y)[order], color="black", s=12, zorder=3, gid="observed", label="runs")
     ax.set_xscale("log")
     ax.set_yscale("log" if check.law.output_scale == "log" else "linear")
-    ax.set_xlabel(x)
+    ax.set_xlabel(axis_label(x))
     ax.set_ylabel(check.runs.output)
-    ax.set_title(f"prior predictive: {check.law.name}")
-    ax.legend()
+    ax.set_title(f"prior predictive: {check.law.name}", fontsize=10)
+    ax.legend(fontsize=8)
     return ax
 
 

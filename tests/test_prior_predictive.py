@@ -104,10 +104,31 @@ def test_cli_prior_check(tmp_path, simulated, capsys):
 
 
 def test_plot_prior_predictive(default_check):
+    """A law of several inputs: no line joins runs that differ in other inputs (the saw-tooth of joining an
+    IsoFLOP ladder in N order); each run's band is a vertical bar from the verdict's quantiles."""
     pytest.importorskip("matplotlib")
     from bayescale.plots import plot_prior_predictive
 
     ax = plot_prior_predictive(default_check, num_curves=10)
-    gids = [line.get_gid() for line in ax.get_lines()]
-    assert gids.count("prior:curve") == 10
+    assert not ax.get_lines()
+    assert [c.get_gid() for c in ax.collections].count("prior:curve") == 10
     assert any(c.get_gid() == "observed" for c in ax.collections)
+    (bars,) = [c for c in ax.collections if c.get_gid() == "prior:band"]
+    table = default_check.quantiles()
+    order = np.argsort(default_check.runs.x["N"])
+    segments = np.array([s[:, 1] for s in bars.get_segments()])
+    np.testing.assert_allclose(segments[:, 0], table["new_run_q0.5"].to_numpy()[order], rtol=1e-9)
+    np.testing.assert_allclose(segments[:, 1], table["new_run_q99.5"].to_numpy()[order], rtol=1e-9)
+    assert ax.get_xlabel() == "N (parameters)"
+
+
+def test_plot_prior_predictive_of_a_one_input_law_draws_curves():
+    pytest.importorskip("matplotlib")
+    from bayescale.plots import plot_prior_predictive
+
+    x = np.geomspace(1e6, 1e9, 12)
+    table = pd.DataFrame({"x": x, "loss": 2.0 + 30.0 * x**-0.3})
+    check = prior_predictive("power_law", table, num_draws=50, seed=0)
+    ax = plot_prior_predictive(check, num_curves=8)
+    curves = [line for line in ax.get_lines() if line.get_gid() == "prior:curve"]
+    assert len(curves) == 8 and np.all(np.diff(curves[0].get_xdata()) > 0)
