@@ -28,6 +28,8 @@ from numpyro.infer.util import constrain_fn, log_likelihood, potential_energy
 from bayescale.discrepancy import log_axis
 from bayescale.law import Law, log_geometric_mean, resolve_prior
 from bayescale.likelihood import Likelihood
+from bayescale.saturating import applies as saturating_applies
+from bayescale.saturating import sample_saturating_term
 
 _MODELS: dict[tuple[int, Likelihood], tuple[Law, object]] = {}
 
@@ -38,19 +40,36 @@ def pivot_site(name: str) -> str:
 
 
 def sample_params(law: Law, stats, x=None, mask=None) -> dict:
-    """Sample the law's parameters; pivoted coefficients through their decorrelated site (see `Param`)."""
-    params = {
-        name: numpyro.sample(name, resolve_prior(p.prior, stats))
-        for name, p in law.params.items()
-        if p.pivot is None
-    }
+    """Sample the law's parameters; pivoted coefficients through their decorrelated site (see `Param`), and a
+    declared saturating term through its level-and-slope coordinates (`bayescale.saturating`)."""
+    together = saturating_sites(law, stats)
+    params = {}
+    if together is not None:
+        floor, coefficient, exponent = together
+        source = law.params[coefficient].pivot[0]
+        priors = {n: resolve_prior(law.params[n].prior, stats) for n in together}
+        params.update(sample_saturating_term(floor, coefficient, exponent, priors, log_geometric_mean(x[source], mask)))
     for name, p in law.params.items():
-        if p.pivot is None:
+        if p.pivot is None and name not in params:
+            params[name] = numpyro.sample(name, resolve_prior(p.prior, stats))
+    for name, p in law.params.items():
+        if p.pivot is None or name in params:
             continue
         source, exponent = p.pivot
         shift = params[exponent] * log_geometric_mean(x[source], mask)
         params[name] = sample_pivoted(name, resolve_prior(p.prior, stats), shift)
     return params
+
+
+def saturating_sites(law: Law, stats) -> tuple[str, str, str] | None:
+    """(floor, coefficient, exponent) where the law declares a saturating term whose priors the level-and-slope
+    coordinates carry exactly; None otherwise (then every parameter is sampled as declared)."""
+    if law.saturating_term is None:
+        return None
+    floor, coefficient = law.saturating_term
+    exponent = law.params[coefficient].pivot[1]
+    floor_prior, exponent_prior = (resolve_prior(law.params[n].prior, stats) for n in (floor, exponent))
+    return (floor, coefficient, exponent) if saturating_applies(floor_prior, exponent_prior) else None
 
 
 def sample_pivoted(name: str, prior, shift):

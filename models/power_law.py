@@ -21,6 +21,11 @@ for Chinchilla, ~0.15-0.18; Kaplan's 0.050 without a floor), hence LogNormal(log
 (`bayescale.law.input_log_mean`): b lives in x's units, so its prior moves with them, 90% within 140x either
 side of the data's middle (b far below the data has no effect, far above it flattens the whole curve; a
 fixed LogNormal(0, 5) was centred on one x-unit, whatever the unit); narrow it with `priors={"b": ...}`.
+
+`power_law` and `compute_power_law` sample E, A and alpha in level-and-slope coordinates (`Law.saturating_term`,
+`bayescale.saturating`): the level and log-slope at the data's middle, which the data fix, and the floor's
+place below the level, which they may not. The ridge between a low floor and a small exponent is then
+straight for NUTS; the priors are the ones stated here, exactly.
 """
 
 import jax.numpy as jnp
@@ -43,6 +48,7 @@ SATURATING_POWER_LAW = Law(
         "alpha": Param(priors.exponent(), "scaling exponent of x"),
     },
     mean=_mean,
+    saturating_term=("E", "A"),
     description="one-variable saturating power law",
     form="y = E + A * x^-alpha",
     reference="Hestness et al. 2017, arXiv:1712.00409",
@@ -88,6 +94,7 @@ COMPUTE_POWER_LAW = Law(
         "alpha": Param(priors.exponent(0.15, 0.7), "exponent of training compute C"),
     },
     mean=_compute_mean,
+    saturating_term=("E", "A"),
     description="loss in training compute alone (C = 6 N D when N and D are given)",
     form="L = E + A * C^-alpha",
     reference="Kaplan et al. 2020, arXiv:2001.08361; Hoffmann et al. 2022, arXiv:2203.15556",
