@@ -28,8 +28,9 @@ from numpyro.infer.util import constrain_fn, log_likelihood, potential_energy
 from bayescale.discrepancy import log_axis
 from bayescale.law import Law, log_geometric_mean, resolve_prior
 from bayescale.likelihood import Likelihood
+from bayescale.saturating import SaturatingTermPrior, sample_saturating_term
 from bayescale.saturating import applies as saturating_applies
-from bayescale.saturating import sample_saturating_term
+from bayescale.saturating import site_name as saturating_site_name
 
 _MODELS: dict[tuple[int, Likelihood], tuple[Law, object]] = {}
 
@@ -70,6 +71,23 @@ def saturating_sites(law: Law, stats) -> tuple[str, str, str] | None:
     exponent = law.params[coefficient].pivot[1]
     floor_prior, exponent_prior = (resolve_prior(law.params[n].prior, stats) for n in (floor, exponent))
     return (floor, coefficient, exponent) if saturating_applies(floor_prior, exponent_prior) else None
+
+
+def saturating_site_values(law: Law, posterior: Mapping[str, np.ndarray], x, stats) -> tuple[str, np.ndarray] | None:
+    """(site, values) of the level-and-slope site computed exactly from posterior draws of the floor,
+    coefficient and exponent (shape (..., 3)); None where the law samples no such site. Fits saved before a
+    law declared its saturating term sampled the parameters directly: this gives them the site the model
+    samples now (evidence and prior terms read it), without refitting."""
+    sites = saturating_sites(law, stats)
+    if sites is None:
+        return None
+    floor, coefficient, exponent = sites
+    priors = {n: resolve_prior(law.params[n].prior, stats) for n in sites}
+    log_x_ref = log_geometric_mean(x[law.params[coefficient].pivot[0]])
+    prior = SaturatingTermPrior(priors[floor], priors[coefficient], priors[exponent], log_x_ref)
+    u = prior.from_params(jnp.asarray(posterior[floor]), jnp.log(jnp.asarray(posterior[coefficient])),
+                          jnp.asarray(posterior[exponent]))
+    return saturating_site_name(floor, coefficient), np.asarray(u)
 
 
 def sample_pivoted(name: str, prior, shift):

@@ -195,6 +195,25 @@ def saved_law(path: str | Path, declaration: dict[str, Any], given: Law | None, 
     return given
 
 
+def _with_current_sites(dt, law: Law, runs: Runs):
+    """The DataTree with the sites the law's model samples now where a saved fit predates them: the
+    level-and-slope site of a saturating term (`bayescale.saturating`), computed exactly from the saved
+    parameters, so that evidence and prior terms of an old fit use the model as it is."""
+    from bayescale.fit import model_inputs
+    from bayescale.model import saturating_site_values
+
+    (x, stats), _ = model_inputs(runs)
+    posterior = dt.posterior
+    found = saturating_site_values(law, {n: posterior[n].values for n in law.params if n in posterior}, x, stats) \
+        if all(n in posterior for n in law.params) else None
+    if found is None or found[0] in posterior:
+        return dt
+    site, values = found
+    dt = dt.copy()
+    dt["posterior"] = dt.posterior.to_dataset().assign({site: (("chain", "draw", f"{site}_dim_0"), values)})
+    return dt
+
+
 def load(path: str | Path, law: Law | None = None, *, allow_changed_law: bool = False):
     """A saved fit. `law`: the Law, for laws neither in the catalogue nor registered; it must have the saved
     name, inputs and parameters, and compute what the saved law computed (a formula changed since the save
@@ -226,6 +245,8 @@ def load(path: str | Path, law: Law | None = None, *, allow_changed_law: bool = 
         group_labels=tuple(runs_meta.get("group_labels", ())),
         group_column=runs_meta.get("group_column"),
     )
+    if meta.get("grouping") is None:
+        dt = _with_current_sites(dt, law, runs)
     return Fit(
         law=law,
         likelihood=likelihood,

@@ -56,6 +56,41 @@ def test_priors_outside_the_coordinates_fall_back_to_the_declared_sites():
         dataclasses.replace(law, saturating_term=("E", "alpha"))
 
 
+def test_a_fit_saved_before_the_saturating_term_loads_with_its_site(tmp_path):
+    """A power_law fit saved when E, A and alpha were sampled directly (posterior without the level-and-slope
+    site) gains the site on load, computed exactly from its draws: evidence and prior terms then evaluate the
+    model as it is now instead of failing on a missing site."""
+    import arviz as az
+
+    from bayescale.diagnostics import Diagnostics
+
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1e6, 1e8, 12)
+    table = pd.DataFrame({"x": x, "loss": 2.0 + 40.0 * x**-0.25})
+    law = bs.get_law("power_law")
+    runs = bs.runs_from_table(table, law)
+    shape = (2, 50)
+    posterior = {"E": rng.uniform(1.5, 1.9, shape), "A": 40.0 * np.exp(0.1 * rng.standard_normal(shape)),
+                 "alpha": 0.25 * np.exp(0.05 * rng.standard_normal(shape)), "sigma": np.full(shape, 0.01)}
+    data = az.from_dict({"posterior": posterior, "observed_data": {"loss": runs.y}, "constant_data": {"x": x},
+                         "sample_stats": {"diverging": np.zeros(shape, bool), "energy": rng.standard_normal(shape)}},
+                        coords={"run": np.arange(len(runs))}, dims={"loss": ["run"], "x": ["run"]})
+    diagnostics = Diagnostics(table=pd.DataFrame({"rhat": 1.0, "ess_bulk": 400.0, "ess_tail": 400.0}, index=list(posterior)),
+                              divergences=0, num_draws=100, bfmi=np.ones(2))
+    old = bs.Fit(law=law, likelihood=bs.Likelihood("normal"), data=data, runs=runs, diagnostics=diagnostics,
+                 settings=bs.SamplerSettings(num_samples=50, num_chains=2), seed=0)
+    bs.save(old, tmp_path / "old.nc")
+    loaded = bs.load(tmp_path / "old.nc")
+    site = loaded.data.posterior["_E_A_level_slope"].values
+    assert site.shape == (2, 50, 3)
+    prior = SaturatingTermPrior(dist.Uniform(0.0, table["loss"].min()), law.params["A"].prior, law.params["alpha"].prior,
+                                np.mean(np.log(x)))
+    floor, log_coefficient, exponent = prior.to_params(jnp.asarray(site))
+    np.testing.assert_allclose(floor, posterior["E"], rtol=1e-10)
+    np.testing.assert_allclose(np.exp(log_coefficient), posterior["A"], rtol=1e-9)
+    np.testing.assert_allclose(exponent, posterior["alpha"], rtol=1e-9)
+
+
 @pytest.mark.slow
 def test_parscale_posterior_matches_the_declared_parametrisation_without_divergences():
     """Seed 1, 1% noise: the data set whose divergences were diagnosed (10 of 4,000 with E, log c_ref, alpha
