@@ -127,18 +127,43 @@ def grouped_noise_ladders(count: int, seed: int = 0) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def test_the_default_covers_larger_runs_of_ladders_with_structured_residuals(package_defaults):
-    # The default forecast (the random-walk discrepancy). Measured at scale (benchmarks/results/
-    # calibration_backtest.md, 8 ladders x 3 cuts): independent noise covers 61% of these held-out runs with
-    # its 90% intervals, the walk 96%. Here 4 ladders x 1 cut (the largest 25%: 2 compute budgets, 14 runs
-    # each): 56 runs, binomial sd ~0.04 around 0.9.
+def kaplan_law_ladders(count: int, seed: int = 0) -> pd.DataFrame:
+    """IsoFLOP ladders drawn from Kaplan et al.'s law (Nc 8.8e13, Dc 5.4e13, aN 0.076, aD 0.095) with 1% noise,
+    to be fitted with the Chinchilla law: a family that is wrong beyond the data, as real laws are."""
+    from conftest import isoflop_design
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(count):
+        C, N, D = isoflop_design()
+        loss = ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095
+        frames.append(pd.DataFrame({"N": N, "D": D, "loss": loss * np.exp(0.01 * rng.standard_normal(len(N))),
+                                    "ladder": f"ladder{i}"}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_the_default_covers_larger_runs_of_a_misspecified_family(package_defaults):
+    # The default forecast (the random-walk discrepancy) on Kaplan-law ladders fitted with the Chinchilla law.
+    # Measured at scale (benchmarks/results/calibration_backtest.md, 8 ladders x 3 cuts): independent noise
+    # covers 40% of these held-out runs with its 90% intervals, the walk 94%. Here 4 ladders x 1 cut (the
+    # largest 25%: 2 compute budgets, 14 runs each), 56 runs: seeds 11-13 gave the walk 1.00 / 0.54-0.68 (90% /
+    # 50%) and independent noise 0.50-0.64 / 0.16-0.27, so the bands below separate the two.
     # retries=0: the default walk is under test here, not the retries (tested in test_retries.py).
-    result = backtest(grouped_noise_ladders(4, seed=11), "chinchilla", datasets="ladder",
+    result = backtest(kaplan_law_ladders(4, seed=11), "chinchilla", datasets="ladder",
                       cuts=(0.25,), num_warmup=300, num_samples=300, num_chains=2, seed=0, retries=0)
     scores = result.scores().loc["chinchilla"]
     assert scores["runs"] == 56
     assert 0.8 <= scores["coverage90"] <= 1.0, scores["coverage90"]
-    # The held-out runs of a ladder share its offset, so 56 runs are about 4 independent outcomes: the 50%
-    # coverage moves by ~0.2 between seeds (0.34 here with seed 0; 0.66 over 8 ladders x 3 cuts in the benchmark);
-    # the band only rules out gross miscalibration.
-    assert 0.25 <= scores["coverage50"] <= 0.85, scores["coverage50"]
+    assert 0.3 <= scores["coverage50"] <= 0.8, scores["coverage50"]
+
+
+@pytest.mark.slow
+def test_the_default_covers_larger_runs_of_ladders_with_structured_residuals(package_defaults):
+    # Runs of one compute budget share a deviation (sd 1%), so the held-out runs of a ladder are about two
+    # independent outcomes: 4 ladders x 1 cut gave the walk 0.77-1.00 at 90% over seeds 11-13. Here the
+    # benchmark's design (8 ladders x 3 cuts, 448 runs), where it held 0.91 (independent noise 0.61).
+    result = backtest(grouped_noise_ladders(8, seed=11), "chinchilla", datasets="ladder",
+                      cuts=(0.4, 0.25, 0.15), num_warmup=300, num_samples=300, num_chains=2, seed=0, retries=0)
+    scores = result.scores().loc["chinchilla"]
+    assert 0.8 <= scores["coverage90"] <= 1.0, scores["coverage90"]
+    assert 0.35 <= scores["coverage50"] <= 0.8, scores["coverage50"]

@@ -10,7 +10,7 @@ import pytest
 import bayescale as bs
 from scipy import stats
 
-from bayescale.discrepancy import (Discrepancy, axis_name, discrepancy_draws, interpolation, knot_grid, log_axis,
+from bayescale.discrepancy import (DEFAULT_DRIFT_PRIOR, Discrepancy, axis_name, discrepancy_draws, interpolation, knot_grid, log_axis,
                                    marginal_normal, walk_factor)
 from conftest import simulate_chinchilla
 
@@ -150,7 +150,7 @@ def test_fit_with_a_discrepancy_widens_forecasts_with_the_distance_and_saves(wal
     # diverged (2-70 of 4,000 on such ladders); through the signed coordinate there are none.
     assert walk_fit.diagnostics.divergences == 0
     np.testing.assert_allclose(np.asarray(walk_fit.data.posterior["drift"]),
-                               0.03 * np.abs(np.asarray(walk_fit.data.posterior["_drift_z"])))
+                               float(DEFAULT_DRIFT_PRIOR.scale) * np.abs(np.asarray(walk_fit.data.posterior["_drift_z"])))
     # The pointwise log-likelihood holds each run's leave-one-out conditional: finite, one per run.
     loglik = np.asarray(walk_fit.data.log_likelihood["loss"])
     assert loglik.shape[-1] == 40 and np.isfinite(loglik).all()
