@@ -28,6 +28,9 @@ def test_every_public_name_and_catalogue_module_is_in_the_reference():
     missing = [f"{module}.{name}" for name, module in bs._WHERE.items()
                if module not in documented and f"{module}.{name}" not in documented]
     assert not missing, f"public names without a reference entry in docs/api: {missing}"
+    modules = {f"bayescale.{p.stem}" for p in (ROOT / "bayescale").glob("*.py") if not p.stem.startswith("_")}
+    undocumented = sorted(m for m in modules if not any(d == m or d.startswith(m + ".") for d in documented))
+    assert not undocumented, f"modules without a reference entry in docs/api: {undocumented}"
     catalogue = {f"models.{p.stem}" for p in (ROOT / "models").glob("*.py") if p.stem != "__init__"}
     assert not catalogue - documented, f"catalogue modules missing from docs/api/laws.md: {sorted(catalogue - documented)}"
 
