@@ -193,9 +193,9 @@ def log_predictive_density(likelihood: Likelihood, mean: np.ndarray, samples: Ma
 
 
 def _refit(law: Law, likelihood: Likelihood, priors, train: list[Runs], settings: SamplerSettings, seed: int,
-           map_starts: int, grouping=None, retries=None) -> list[tuple[dict[str, np.ndarray], bool, int]]:
-    """Posterior draws (every site, flattened over chains), the convergence verdict and the number of
-    automatic retries (`bayescale.retries`) of each training set."""
+           map_starts: int, grouping=None, retries=None) -> list[tuple[dict[str, np.ndarray], bool, int, dict]]:
+    """Posterior draws (every site, flattened over chains), the convergence verdict, the number of automatic
+    retries (`bayescale.retries`) and what the checks found (`check_summary`) of each training set."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each refit's verdict is reported in the backtest's table instead
         if grouping is None and likelihood.family != "ar1" and law.numpyro_model is None:
@@ -207,7 +207,7 @@ def _refit(law: Law, likelihood: Likelihood, priors, train: list[Runs], settings
                               seeds=[seed] * len(train), map_starts=map_starts, num_runs=width, retries=retries)
             flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731  (chains, draws, ...) -> (chains x draws, ...)
             return [({k: flat(v) for k, v in batch.member_samples(i).items()}, bool(batch.converged[i]),
-                     len(batch.attempts[i])) for i in range(len(train))]
+                     len(batch.attempts[i]), check_summary(batch.diagnostics[i])) for i in range(len(train))]
         from bayescale.fit import fit as run_fit
         from bayescale.posterior import draws
 
@@ -216,8 +216,24 @@ def _refit(law: Law, likelihood: Likelihood, priors, train: list[Runs], settings
             grouped = {} if grouping is None else {"pooling": grouping.level, "group_scale": grouping.scale}
             refit = run_fit(runs, law, likelihood=likelihood, priors=priors, settings=settings, seed=seed,
                             map_starts=map_starts, retries=retries, **grouped)
-            out.append((draws(refit, list(refit.data.posterior.data_vars)), bool(refit.converged), len(refit.attempts)))
+            out.append((draws(refit, list(refit.data.posterior.data_vars)), bool(refit.converged), len(refit.attempts),
+                        check_summary(refit.diagnostics)))
         return out
+
+
+def check_summary(diagnostics) -> dict:
+    """What a refit's convergence checks found, for the backtest's refits table: the kinds that failed
+    ("rhat", "ess", "divergences", "bfmi"; "" when none), the worst R-hat and bulk ESS over the checked
+    parameters and which parameter, and the divergent transitions."""
+    table = diagnostics.table
+    return {
+        "failed": ",".join(sorted(diagnostics.failed)),
+        "max_rhat": float(table["rhat"].max()),
+        "worst_rhat": str(table["rhat"].idxmax()),
+        "min_ess_bulk": float(table["ess_bulk"].min()),
+        "worst_ess": str(table["ess_bulk"].idxmin()),
+        "divergences": int(diagnostics.divergences),
+    }
 
 
 # ---- the result ----
@@ -226,7 +242,8 @@ def _refit(law: Law, likelihood: Likelihood, priors, train: list[Runs], settings
 @dataclass
 class Backtest:
     """`table`: one row per (law, fold, held-out run) with the forecast's scores; `refits`: one row per
-    (law, fold) with the refit's runs and convergence; `levels`: the interval levels scored."""
+    (law, fold) with the refit's runs and convergence (which checks failed, the worst R-hat and bulk ESS and
+    their parameters, divergences); `levels`: the interval levels scored."""
 
     table: pd.DataFrame
     refits: pd.DataFrame
@@ -383,7 +400,7 @@ def backtest(
                 all_folds.append(fold)
         refits = _refit(law.with_priors(own_priors), lik.with_priors(own_priors), {}, [job[3] for job in jobs], settings,
                         seed, map_starts, grouping, retries)
-        for index, ((dataset, fold, runs, fitted), (samples, converged, retried)) in enumerate(zip(jobs, refits)):
+        for index, ((dataset, fold, runs, fitted), (samples, converged, retried, checks)) in enumerate(zip(jobs, refits)):
             test = subset(runs, fold.held_out)
             key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
             if grouping is not None:
@@ -407,6 +424,6 @@ def backtest(
             rows.append(scored)
             refit_rows.append({"law": law.name, **({"dataset": dataset} if dataset is not None else {}),
                                "fold": fold.name, "fitted_runs": len(fitted), "held_out_runs": len(test),
-                               "converged": converged, "retries": retried})
+                               "converged": converged, "retries": retried, **checks})
     return Backtest(table=pd.concat(rows, ignore_index=True), refits=pd.DataFrame(refit_rows), levels=levels,
                     folds=all_folds)
