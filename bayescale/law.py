@@ -111,9 +111,10 @@ class Law:
     numpyro_model: Callable[..., None] | None = None
     nonnegative_inputs: tuple[str, ...] = ()  # inputs that may be zero (e.g. an annealing area); others must be > 0
     output_scale: str = "log"
-    # (floor, coefficient) of a saturating term floor + coefficient input^-exponent whose coefficient is pivoted
-    # (`Param.pivot`): NUTS samples the three in level-and-slope coordinates (`bayescale.saturating`).
-    saturating_term: tuple[str, str] | None = None
+    # (floor, coefficient, ...) of a saturating law floor + sum of coefficient_i input_i^-exponent_i whose
+    # coefficients are pivoted (`Param.pivot`): NUTS samples the floor, the coefficients and their exponents in
+    # level-and-slope coordinates (`bayescale.saturating`).
+    saturating_term: tuple[str, ...] | None = None
 
     # `output_scale` declares what the output is: "log" for a positive quantity whose scatter is relative (a
     # loss, an error rate): the likelihood is on log y and the output must be > 0; "raw" for a signed
@@ -143,11 +144,11 @@ class Law:
                 )
 
         if self.saturating_term is not None:
-            floor, coefficient = self.saturating_term
-            pivot = self.params[coefficient].pivot if coefficient in self.params else None
-            if floor not in self.params or pivot is None or self.params[floor].pivot:
-                raise ValueError(f"law {self.name!r}: saturating_term must name an un-pivoted floor parameter and a "
-                                 f"pivoted coefficient, got {self.saturating_term}")
+            floor, *coefficients = self.saturating_term
+            pivoted = all(c in self.params and self.params[c].pivot for c in coefficients)
+            if floor not in self.params or not coefficients or not pivoted or self.params[floor].pivot:
+                raise ValueError(f"law {self.name!r}: saturating_term must name an un-pivoted floor parameter and "
+                                 f"one or more pivoted coefficients, got {self.saturating_term}")
 
     @property
     def param_names(self) -> tuple[str, ...]:

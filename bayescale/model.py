@@ -46,10 +46,10 @@ def sample_params(law: Law, stats, x=None, mask=None) -> dict:
     together = saturating_sites(law, stats)
     params = {}
     if together is not None:
-        floor, coefficient, exponent = together
-        source = law.params[coefficient].pivot[0]
-        priors = {n: resolve_prior(law.params[n].prior, stats) for n in together}
-        params.update(sample_saturating_term(floor, coefficient, exponent, priors, log_geometric_mean(x[source], mask)))
+        floor, coefficients, exponents, term_exponents = together
+        priors = {n: resolve_prior(law.params[n].prior, stats) for n in (floor, *coefficients, *exponents)}
+        log_x_refs = [log_geometric_mean(x[law.params[c].pivot[0]], mask) for c in coefficients]
+        params.update(sample_saturating_term(floor, coefficients, exponents, term_exponents, priors, log_x_refs))
     for name, p in law.params.items():
         if p.pivot is None and name not in params:
             params[name] = numpyro.sample(name, resolve_prior(p.prior, stats))
@@ -62,32 +62,40 @@ def sample_params(law: Law, stats, x=None, mask=None) -> dict:
     return params
 
 
-def saturating_sites(law: Law, stats) -> tuple[str, str, str] | None:
-    """(floor, coefficient, exponent) where the law declares a saturating term whose priors the level-and-slope
-    coordinates carry exactly; None otherwise (then every parameter is sampled as declared)."""
+def saturating_sites(law: Law, stats) -> tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...]] | None:
+    """(floor, coefficients, exponents, each coefficient's exponent index) where the law declares a saturating
+    term whose priors the level-and-slope coordinates carry exactly; None otherwise (then every parameter is
+    sampled as declared)."""
     if law.saturating_term is None:
         return None
-    floor, coefficient = law.saturating_term
-    exponent = law.params[coefficient].pivot[1]
-    floor_prior, exponent_prior = (resolve_prior(law.params[n].prior, stats) for n in (floor, exponent))
-    return (floor, coefficient, exponent) if saturating_applies(floor_prior, exponent_prior) else None
+    floor, *coefficients = law.saturating_term
+    exponents = tuple(dict.fromkeys(law.params[c].pivot[1] for c in coefficients))
+    term_exponents = tuple(exponents.index(law.params[c].pivot[1]) for c in coefficients)
+    priors = {n: resolve_prior(law.params[n].prior, stats) for n in (floor, *exponents)}
+    if not all(saturating_applies(priors[floor], priors[e]) for e in exponents):
+        return None
+    return floor, tuple(coefficients), exponents, term_exponents
 
 
 def saturating_site_values(law: Law, posterior: Mapping[str, np.ndarray], x, stats) -> tuple[str, np.ndarray] | None:
     """(site, values) of the level-and-slope site computed exactly from posterior draws of the floor,
-    coefficient and exponent (shape (..., 3)); None where the law samples no such site. Fits saved before a
-    law declared its saturating term sampled the parameters directly: this gives them the site the model
-    samples now (evidence and prior terms read it), without refitting."""
+    coefficients and exponents (shape (..., size)); None where the law samples no such site. Fits saved
+    before a law declared its saturating term sampled the parameters directly: this gives them the site the
+    model samples now (evidence and prior terms read it), without refitting."""
     sites = saturating_sites(law, stats)
     if sites is None:
         return None
-    floor, coefficient, exponent = sites
-    priors = {n: resolve_prior(law.params[n].prior, stats) for n in sites}
-    log_x_ref = log_geometric_mean(x[law.params[coefficient].pivot[0]])
-    prior = SaturatingTermPrior(priors[floor], priors[coefficient], priors[exponent], log_x_ref)
-    u = prior.from_params(jnp.asarray(posterior[floor]), jnp.log(jnp.asarray(posterior[coefficient])),
-                          jnp.asarray(posterior[exponent]))
-    return saturating_site_name(floor, coefficient), np.asarray(u)
+    floor, coefficients, exponents, term_exponents = sites
+    priors = {n: resolve_prior(law.params[n].prior, stats) for n in (floor, *coefficients, *exponents)}
+    log_x_refs = jnp.stack([log_geometric_mean(x[law.params[c].pivot[0]]) for c in coefficients])
+    prior = SaturatingTermPrior(priors[floor], [priors[c] for c in coefficients], [priors[e] for e in exponents],
+                                term_exponents, log_x_refs)
+    shape = np.shape(posterior[floor])
+    flat_floor = jnp.reshape(jnp.asarray(posterior[floor]), (-1,))
+    log_coefficients = jnp.stack([jnp.log(jnp.asarray(posterior[c])).reshape(-1) for c in coefficients], -1)
+    values = jnp.stack([jnp.asarray(posterior[e]).reshape(-1) for e in exponents], -1)
+    u = jax.vmap(prior.from_params)(flat_floor, log_coefficients, values)
+    return saturating_site_name(floor, *coefficients), np.asarray(u).reshape(*shape, prior.size)
 
 
 def sample_pivoted(name: str, prior, shift):
@@ -195,13 +203,21 @@ def log_likelihood_in_blocks(model, samples, args, kwargs) -> dict:
 @partial(jax.jit, static_argnames=("model",))
 def log_prior_terms(model, samples, args, kwargs):
     """log p(theta_s) of each posterior draw, one term per latent sample site (its log density summed over
-    its elements, in the space the model declares it: a pivoted coefficient's prior is on its log value):
+    its elements, in the space the model declares it: a pivoted coefficient's prior is on its log value; a
+    saturating term's site gives one term per declared parameter, `bayescale.saturating`):
     {site: (draws,)}. Observed sites and factors (the likelihood) are left out. ArviZ's `log_prior` group,
     which prior-sensitivity checks (`az.psense_summary`) need."""
     def one(s):
         trace = handlers.trace(handlers.substitute(handlers.seed(model, 0), data=s)).get_trace(*args, **kwargs)
-        return {name: jnp.sum(site["fn"].log_prob(site["value"])) for name, site in trace.items()
-                if site["type"] == "sample" and not site["is_observed"]}
+        terms = {}
+        for name, site in trace.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            if isinstance(site["fn"], SaturatingTermPrior) and site["fn"].names is not None:
+                terms.update(site["fn"].declared_log_prob_terms(site["value"]))  # per declared parameter
+            else:
+                terms[name] = jnp.sum(site["fn"].log_prob(site["value"]))
+        return terms
 
     return jax.vmap(one)(samples)
 

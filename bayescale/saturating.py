@@ -10,7 +10,7 @@ of log A) removes the strongest correlation, that of log A with alpha, but not t
 the ridge's tail where E is far below the data and alpha small (measured on simulated parallel-scaling data:
 divergent draws at E 0.97, alpha 0.10 against a bulk at E 1.33-1.94, alpha 0.13-0.33).
 
-Here NUTS samples u = (w, lambda, v) instead:
+For one term NUTS samples u = (w, lambda, v) instead:
 
     l = lo + exp(lambda)                       the level at x_ref (above the floor's lower bound lo),
     E = lo + (min(l, hi) - lo) sigmoid(w)      the floor, inside its prior's support (lo, hi) and below l,
@@ -22,7 +22,12 @@ alpha, times |det d(E, log A, alpha) / du| (computed by forward-mode differentia
 the posterior in the user's units, the evidence and every summary are those of the declared model. Draws
 from the prior go the other way: E, A and alpha from their priors, mapped to u.
 
-Used where a law declares `saturating_term=(floor, coefficient)` and the floor's prior has an interval or
+Several terms above one floor (Chinchilla's A N^-alpha + B D^-beta, the over-training law's two terms that
+share eta) generalise this: the level is E plus every term at its reference, the terms' total l - E is split
+among them by a softmax, and each exponent gets one slope coordinate, exp(v_k) = alpha_k x (the sum of the
+terms it multiplies) (`SaturatingTermPrior`).
+
+Used where a law declares `saturating_term=(floor, coefficient, ...)` and the floor's prior has an interval or
 positive support and the exponent's a positive one (the catalogue's priors do); otherwise, with a user's
 prior outside those, the parameters are sampled as declared.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
@@ -39,9 +45,9 @@ from numpyro.distributions.transforms import ExpTransform
 SITE_SUFFIX = "_level_slope"
 
 
-def site_name(floor: str, coefficient: str) -> str:
+def site_name(floor: str, *coefficients: str) -> str:
     """The sampled site behind a saturating term (internal; summaries show the law's parameters)."""
-    return f"_{floor}_{coefficient}{SITE_SUFFIX}"
+    return f"_{floor}_{'_'.join(coefficients)}{SITE_SUFFIX}"
 
 
 _INTERVAL = type(constraints.interval(0.0, 1.0))
@@ -63,66 +69,112 @@ def support_bounds(prior: dist.Distribution):
 
 
 class SaturatingTermPrior(dist.Distribution):
-    """The declared priors of (floor E, coefficient A, exponent alpha) carried to level-and-slope coordinates
-    u = (w, lambda, v) (module docstring); `log_x_ref` is the log of the coefficient's pivot input."""
+    """The declared priors of a floor E, coefficients A_i (each pivoted at its input's reference x_i, so that
+    t_i = A_i x_i^-alpha is the term's value there) and exponents alpha_k carried to level-and-slope
+    coordinates u (module docstring):
+
+        u = (w, lambda, rho_1 .. rho_{n-1}, v_1 .. v_m),
+
+    l = lo + exp(lambda), E = lo + (min(l, hi) - lo) sigmoid(w), the terms' total T = l - E split by
+    softmax(0, rho) into t_i, and exp(v_k) = alpha_k x (sum of the t_i that alpha_k multiplies): the slope of
+    the level along the exponent's inputs. `term_exponents[i]` is the index of term i's exponent;
+    `log_x_refs[i]` the log of its pivot input's reference. One term and one exponent: u = (w, lambda, v)."""
 
     support = constraints.real_vector
 
-    def __init__(self, floor_prior, coefficient_prior, exponent_prior, log_x_ref, *, validate_args=None):
+    def __init__(self, floor_prior, coefficient_priors, exponent_priors, term_exponents, log_x_refs, *,
+                 names: tuple[str, ...] | None = None, validate_args=None):
         self.floor_prior = floor_prior
-        self.log_coefficient_prior = dist.TransformedDistribution(coefficient_prior, ExpTransform().inv)
-        self.exponent_prior = exponent_prior
-        self.log_x_ref = jnp.asarray(log_x_ref, float)
+        self.log_coefficient_priors = tuple(dist.TransformedDistribution(p, ExpTransform().inv) for p in coefficient_priors)
+        self.exponent_priors = tuple(exponent_priors)
+        self.term_exponents = tuple(int(k) for k in term_exponents)
+        self.log_x_refs = jnp.asarray(log_x_refs, float).reshape(-1)
         self.lo, self.hi = support_bounds(floor_prior)
-        super().__init__(batch_shape=(), event_shape=(3,), validate_args=validate_args)
+        self.num_terms, self.num_exponents = len(self.log_coefficient_priors), len(self.exponent_priors)
+        if len(self.term_exponents) != self.num_terms or sorted(set(self.term_exponents)) != list(range(self.num_exponents)):
+            raise ValueError("every term needs one of the exponents, and every exponent a term")
+        self.size = 1 + self.num_terms + self.num_exponents
+        self.names = tuple(names) if names is not None else None  # (floor, coefficients..., exponents...)
+        # (terms, exponents) indicator: which terms each exponent multiplies
+        self.membership = jnp.asarray(np.equal.outer(self.term_exponents, np.arange(self.num_exponents)), float)
+        super().__init__(batch_shape=(), event_shape=(self.size,), validate_args=validate_args)
 
     def to_params(self, u):
-        """u -> (E, log A, alpha)."""
-        w, log_level_gap, log_slope = u[..., 0], u[..., 1], u[..., 2]
+        """u -> (E, log A (terms,), alpha (exponents,)), for one u of shape (size,)."""
+        n = self.num_terms
+        w, log_level_gap = u[0], u[1]
+        shares, log_slopes = u[2:1 + n], u[1 + n:]
         level = self.lo + jnp.exp(log_level_gap)
         top = jnp.minimum(level, self.hi)
         floor = self.lo + (top - self.lo) * jax.nn.sigmoid(w)
-        log_term = jnp.log((level - top) + (top - self.lo) * jax.nn.sigmoid(-w))  # log(level - E), no cancellation
-        exponent = jnp.exp(log_slope - log_term)
-        return floor, log_term + exponent * self.log_x_ref, exponent
+        log_total = jnp.log((level - top) + (top - self.lo) * jax.nn.sigmoid(-w))  # log(level - E), no cancellation
+        log_terms = log_total + jax.nn.log_softmax(jnp.concatenate([jnp.zeros(1), shares]))
+        log_sums = jax.scipy.special.logsumexp(log_terms[:, None], b=self.membership, axis=0)  # per exponent
+        exponents = jnp.exp(log_slopes - log_sums)
+        log_coefficients = log_terms + exponents[jnp.asarray(self.term_exponents)] * self.log_x_refs
+        return floor, log_coefficients, exponents
 
-    def from_params(self, floor, log_coefficient, exponent):
-        """(E, log A, alpha) -> u, the inverse of `to_params`."""
-        log_term = log_coefficient - exponent * self.log_x_ref
-        level = floor + jnp.exp(log_term)
+    def from_params(self, floor, log_coefficients, exponents):
+        """(E, log A (terms,), alpha (exponents,)) -> u, the inverse of `to_params`."""
+        log_terms = log_coefficients - exponents[jnp.asarray(self.term_exponents)] * self.log_x_refs
+        level = floor + jnp.sum(jnp.exp(log_terms))
         top = jnp.minimum(level, self.hi)
         fraction = (floor - self.lo) / (top - self.lo)
         w = jnp.log(fraction) - jnp.log1p(-fraction)
-        return jnp.stack([w, jnp.log(level - self.lo), jnp.log(exponent) + log_term], axis=-1)
+        log_sums = jax.scipy.special.logsumexp(log_terms[:, None], b=self.membership, axis=0)
+        return jnp.concatenate([jnp.stack([w, jnp.log(level - self.lo)]), log_terms[1:] - log_terms[0],
+                                jnp.log(exponents) + log_sums])
+
+    def _vector(self, u):
+        floor, log_coefficients, exponents = self.to_params(u)
+        return jnp.concatenate([floor[None], log_coefficients, exponents])
 
     def sample(self, key, sample_shape=()):
-        k1, k2, k3 = jax.random.split(key, 3)
-        floor = self.floor_prior.sample(k1, sample_shape)
-        exponent = self.exponent_prior.sample(k3, sample_shape)
-        log_coefficient = self.log_coefficient_prior.sample(k2, sample_shape)
-        return self.from_params(floor, log_coefficient, exponent)
+        keys = jax.random.split(key, 1 + self.num_terms + self.num_exponents)
+        floor = self.floor_prior.sample(keys[0], sample_shape)
+        log_coefficients = jnp.stack([p.sample(k, sample_shape) for p, k in
+                                      zip(self.log_coefficient_priors, keys[1:1 + self.num_terms])], -1)
+        exponents = jnp.stack([p.sample(k, sample_shape) for p, k in
+                               zip(self.exponent_priors, keys[1 + self.num_terms:])], -1)
+        flat = jax.vmap(self.from_params)(jnp.reshape(floor, (-1,)), log_coefficients.reshape(-1, self.num_terms),
+                                          exponents.reshape(-1, self.num_exponents))
+        return flat.reshape(*jnp.shape(floor), self.size)
+
+    def declared_log_prob_terms(self, u) -> dict:
+        """The declared priors' log densities at the parameters of one u, one term per parameter and without
+        the change of variables' Jacobian (a coefficient's on its log value, as for `Param.pivot`): what
+        ArviZ's `log_prior` group holds, so that power-scaling the prior (`az.psense_summary`) scales the
+        declared prior, not the coordinates."""
+        floor, log_coefficients, exponents = self.to_params(u)
+        values = [self.floor_prior.log_prob(floor)]
+        values += [p.log_prob(c) for p, c in zip(self.log_coefficient_priors, log_coefficients)]
+        values += [p.log_prob(a) for p, a in zip(self.exponent_priors, exponents)]
+        return dict(zip(self.names, values))
 
     def log_prob(self, value):
-        def as_vector(u):
-            return jnp.stack(self.to_params(u))
-
         def one(u):
-            floor, log_coefficient, exponent = self.to_params(u)
-            _, log_det = jnp.linalg.slogdet(jax.jacfwd(as_vector)(u))
-            return (self.floor_prior.log_prob(floor) + self.log_coefficient_prior.log_prob(log_coefficient)
-                    + self.exponent_prior.log_prob(exponent) + log_det)
+            floor, log_coefficients, exponents = self.to_params(u)
+            _, log_det = jnp.linalg.slogdet(jax.jacfwd(self._vector)(u))
+            return (self.floor_prior.log_prob(floor)
+                    + sum(p.log_prob(c) for p, c in zip(self.log_coefficient_priors, log_coefficients))
+                    + sum(p.log_prob(a) for p, a in zip(self.exponent_priors, exponents)) + log_det)
 
-        flat = jnp.reshape(value, (-1, 3))
+        flat = jnp.reshape(value, (-1, self.size))
         return jnp.reshape(jax.vmap(one)(flat), jnp.shape(value)[:-1])
 
 
-def sample_saturating_term(floor: str, coefficient: str, exponent: str, priors: dict, log_x_ref) -> dict:
-    """Sample floor, coefficient and exponent through `SaturatingTermPrior`; record them in the user's units."""
-    prior = SaturatingTermPrior(priors[floor], priors[coefficient], priors[exponent], log_x_ref)
-    u = numpyro.sample(site_name(floor, coefficient), prior)
-    value_floor, log_coefficient, value_exponent = prior.to_params(u)
-    return {
-        floor: numpyro.deterministic(floor, value_floor),
-        coefficient: numpyro.deterministic(coefficient, jnp.exp(log_coefficient)),
-        exponent: numpyro.deterministic(exponent, value_exponent),
-    }
+def sample_saturating_term(floor: str, coefficients: tuple[str, ...], exponents: tuple[str, ...],
+                           term_exponents: tuple[int, ...], priors: dict, log_x_refs) -> dict:
+    """Sample a floor, its terms' coefficients and their exponents through `SaturatingTermPrior`; record
+    them in the user's units."""
+    prior = SaturatingTermPrior(priors[floor], [priors[c] for c in coefficients], [priors[e] for e in exponents],
+                                term_exponents, jnp.stack([jnp.asarray(r, float) for r in log_x_refs]),
+                                names=(floor, *coefficients, *exponents))
+    u = numpyro.sample(site_name(floor, *coefficients), prior)
+    value_floor, log_coefficients, values = jax.vmap(prior.to_params)(u) if jnp.ndim(u) > 1 else prior.to_params(u)
+    out = {floor: numpyro.deterministic(floor, value_floor)}
+    for i, name in enumerate(coefficients):
+        out[name] = numpyro.deterministic(name, jnp.exp(log_coefficients[..., i]))
+    for k, name in enumerate(exponents):
+        out[name] = numpyro.deterministic(name, values[..., k])
+    return out

@@ -23,6 +23,12 @@ shared size-exponent prior); a, b LogNormal(log 1000, 4), sampled at the data's 
 (`Param.pivot` on C): with C ~ 1e17-1e23 and eta ~ 0.15, C^-eta ~ 1e-3, so a loss gap of ~1 nat needs
 coefficients ~ 1e3, known only to orders of magnitude. Five runs and four law parameters leave the noise scale
 sigma to its prior (HalfNormal(0.1)), which is then what carries the predictive width.
+
+Sampling: E, a, b and eta in level-and-slope coordinates (`Law.saturating_term`, `bayescale.saturating`): the
+level at the reference compute (M = 1), the two terms' shares of it, eta times their sum (the slope in log C),
+and the floor's place below the level. With a few model sizes the floor trades against eta along a curved
+ridge; in these coordinates the ridge is straight. On the over-training study's backtest folds (20-29 runs)
+divergences fell from 0-30 (R-hat up to 1.094) to none (R-hat <= 1.012) at 4 x 500 + 500 draws.
 """
 
 import jax.numpy as jnp
@@ -50,6 +56,7 @@ OVERTRAIN = Law(
         "eta": Param(priors.exponent(0.15, 0.5), "shared exponent of compute and tokens per parameter"),
     },
     mean=_mean,
+    saturating_term=("E", "a", "b"),
     description="tied-exponent over-training law in compute C and tokens per parameter M = D/N",
     form="L = E + (a * M^eta + b * M^-eta) * C^-eta",
     reference="Gadre et al. 2024, arXiv:2403.08540",

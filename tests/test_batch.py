@@ -5,6 +5,7 @@ import json
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,7 +60,9 @@ def test_padding_leaves_the_log_density_unchanged(batch):
     (x, stats), padded_kwargs = stacked.model_inputs()
     padded_args = jax.tree.map(lambda v: v[0], (x, stats))
     padded_kwargs = {k: None if v is None else v[0] for k, v in padded_kwargs.items()}
-    params = {"E": 1.7, "_log_A_at_ref": -0.2, "alpha": 0.31, "_log_B_at_ref": -0.6, "beta": 0.35, "sigma": 0.02}
+    # Chinchilla's floor, coefficients and exponents in level-and-slope coordinates (bayescale.saturating),
+    # whose pivot references honour the mask too.
+    params = {"_E_A_B_level_slope": jnp.array([1.5, -0.3, 0.4, -2.0, -1.6]), "sigma": 0.02}
     plain, _ = log_density(model, args, kwargs, params)
     padded, _ = log_density(model, padded_args, padded_kwargs, params)
     assert np.isclose(float(plain), float(padded), rtol=1e-12, atol=1e-9)

@@ -547,7 +547,8 @@ def test_link_prior_check_flags_a_midpoint_in_the_wrong_unit(simulated):
         draws = prior_draws(ds.chain_model(spec), jax.random.PRNGKey(0), args, kwargs, 400)
         found[label] = ds.link_prior_check(spec, runs, {n: np.asarray(draws[n]) for n in link.params})
     assert found["default"]["checked"] == 36 and found["default"]["outside"] == 0, found
-    assert found["wrong unit"]["outside"] > 18 and set(found["wrong unit"]["tasks"]) <= set(tasks), found
+    # 15-19 of 36 over prior-draw seeds 0-5 (400 draws each); the default priors leave none outside.
+    assert found["wrong unit"]["outside"] >= 12 and set(found["wrong unit"]["tasks"]) <= set(tasks), found
     with pytest.warns(bs.PriorWarning, match=r"outside the 99% prior predictive band of link 'link_sigmoid'"):
         ds.warn_if_link_prior_misses(found["wrong unit"], bs.get_law("link_sigmoid"))
 

@@ -23,25 +23,39 @@ COEFFICIENT = dist.LogNormal(jnp.log(50.0), 3.0)
 EXPONENT = dist.LogNormal(jnp.log(0.3), 0.5)
 
 
+# (coefficient priors, exponent priors, each term's exponent, log pivot references): one term (power_law), two
+# terms with their own exponents (Chinchilla), two terms sharing one exponent (the over-training law).
+SHAPES = {
+    "one term": ([COEFFICIENT], [EXPONENT], [0], [np.log(1e9)]),
+    "two exponents": ([COEFFICIENT, dist.LogNormal(jnp.log(1000.0), 3.0)], [EXPONENT, dist.LogNormal(jnp.log(0.35), 0.5)],
+                      [0, 1], [np.log(1e9), np.log(2e10)]),
+    "shared exponent": ([COEFFICIENT, dist.LogNormal(jnp.log(300.0), 4.0)], [dist.LogNormal(jnp.log(0.15), 0.5)],
+                        [0, 0], [np.log(1e20), np.log(1e20)]),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("floor_prior", [dist.Uniform(0.0, 2.1), dist.HalfNormal(3.0)], ids=["interval", "positive"])
-def test_density_is_the_declared_prior_through_the_inverse_map(floor_prior):
+def test_density_is_the_declared_prior_through_the_inverse_map(floor_prior, shape):
     """log q(u) (from the forward map's Jacobian) must equal log p(theta) - log|det du/dtheta| computed through
     the inverse map, independently written: a wrong Jacobian, bound or inverse fails here."""
-    prior = SaturatingTermPrior(floor_prior, COEFFICIENT, EXPONENT, jnp.log(1e9))
-    u = prior.sample(jax.random.PRNGKey(1), (500,))
-    floor, log_coefficient, exponent = prior.to_params(u)
-    key_floor = jax.random.split(jax.random.PRNGKey(1), 3)[0]
-    np.testing.assert_allclose(floor, floor_prior.sample(key_floor, (500,)), rtol=1e-10)  # the round trip
-    log_coefficient_prior = dist.TransformedDistribution(COEFFICIENT, ExpTransform().inv)
+    coefficients, exponents, term_exponents, log_refs = SHAPES[shape]
+    prior = SaturatingTermPrior(floor_prior, coefficients, exponents, term_exponents, jnp.asarray(log_refs))
+    u = prior.sample(jax.random.PRNGKey(1), (300,))
+    assert u.shape == (300, 1 + len(coefficients) + len(exponents))
+    floor, log_coefficient, exponent = jax.vmap(prior.to_params)(u)
+    key_floor = jax.random.split(jax.random.PRNGKey(1), prior.size)[0]
+    np.testing.assert_allclose(floor, floor_prior.sample(key_floor, (300,)), rtol=1e-10)  # the round trip
+    log_priors = [dist.TransformedDistribution(p, ExpTransform().inv) for p in coefficients]
 
     def through_inverse(theta):
-        jacobian = jax.jacfwd(lambda t: prior.from_params(t[0], t[1], t[2]))(theta)
-        return (floor_prior.log_prob(theta[0]) + log_coefficient_prior.log_prob(theta[1])
-                + EXPONENT.log_prob(theta[2]) - jnp.linalg.slogdet(jacobian)[1])
+        n = len(coefficients)
+        jacobian = jax.jacfwd(lambda t: prior.from_params(t[0], t[1:1 + n], t[1 + n:]))(theta)
+        return (floor_prior.log_prob(theta[0]) + sum(p.log_prob(c) for p, c in zip(log_priors, theta[1:1 + n]))
+                + sum(p.log_prob(a) for p, a in zip(exponents, theta[1 + n:])) - jnp.linalg.slogdet(jacobian)[1])
 
-    expected = jax.vmap(through_inverse)(jnp.stack([floor, log_coefficient, exponent], -1))
+    expected = jax.vmap(through_inverse)(jnp.concatenate([floor[:, None], log_coefficient, exponent], -1))
     np.testing.assert_allclose(prior.log_prob(u), expected, rtol=1e-9, atol=1e-9)
-    assert np.all(np.asarray(floor) < np.asarray(floor) + np.exp(np.asarray(log_coefficient)))
 
 
 def test_priors_outside_the_coordinates_fall_back_to_the_declared_sites():
@@ -50,7 +64,8 @@ def test_priors_outside_the_coordinates_fall_back_to_the_declared_sites():
     assert not applies(dist.Uniform(0.0, 2.0), dist.Normal(0.3, 0.1))  # an exponent that may be negative
     law = bs.get_law("power_law")
     stats = {"y_min": 2.0}
-    assert saturating_sites(law, stats) == ("E", "A", "alpha")
+    assert saturating_sites(law, stats) == ("E", ("A",), ("alpha",), (0,))
+    assert saturating_sites(bs.get_law("overtrain"), stats) == ("E", ("a", "b"), ("eta",), (0, 0))
     assert saturating_sites(law.with_priors({"E": dist.Normal(1.5, 0.3)}), stats) is None
     with pytest.raises(ValueError, match="saturating_term"):
         dataclasses.replace(law, saturating_term=("E", "alpha"))
@@ -83,12 +98,12 @@ def test_a_fit_saved_before_the_saturating_term_loads_with_its_site(tmp_path):
     loaded = bs.load(tmp_path / "old.nc")
     site = loaded.data.posterior["_E_A_level_slope"].values
     assert site.shape == (2, 50, 3)
-    prior = SaturatingTermPrior(dist.Uniform(0.0, table["loss"].min()), law.params["A"].prior, law.params["alpha"].prior,
-                                np.mean(np.log(x)))
-    floor, log_coefficient, exponent = prior.to_params(jnp.asarray(site))
-    np.testing.assert_allclose(floor, posterior["E"], rtol=1e-10)
-    np.testing.assert_allclose(np.exp(log_coefficient), posterior["A"], rtol=1e-9)
-    np.testing.assert_allclose(exponent, posterior["alpha"], rtol=1e-9)
+    prior = SaturatingTermPrior(dist.Uniform(0.0, table["loss"].min()), [law.params["A"].prior],
+                                [law.params["alpha"].prior], [0], [np.mean(np.log(x))])
+    floor, log_coefficient, exponent = jax.vmap(prior.to_params)(jnp.asarray(site).reshape(-1, 3))
+    np.testing.assert_allclose(floor, posterior["E"].reshape(-1), rtol=1e-10)
+    np.testing.assert_allclose(np.exp(log_coefficient[:, 0]), posterior["A"].reshape(-1), rtol=1e-9)
+    np.testing.assert_allclose(exponent[:, 0], posterior["alpha"].reshape(-1), rtol=1e-9)
 
 
 @pytest.mark.slow
