@@ -146,3 +146,25 @@ def test_evidence_is_the_same_in_both_coordinates():
         z_new = bs.log_evidence(bs.fit(pd.DataFrame(table), law, **settings))
         z_old = bs.log_evidence(bs.fit(pd.DataFrame(table), declared, **settings))
     assert abs(z_new.log_z - z_old.log_z) < 3 * np.hypot(z_new.error, z_old.error) + 0.05, (z_new, z_old)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("law_name", ["chinchilla", "overtrain"])
+def test_several_terms_give_the_declared_posterior(law_name):
+    """Two terms above one floor (Chinchilla's two exponents, the over-training law's shared one): on simulated
+    Chinchilla ladders, where sampling the declared parameters converges, both coordinates give the same
+    posterior (means within 3 Monte Carlo standard errors plus a tenth of a posterior sd)."""
+    from conftest import BESIROGLU, simulate_chinchilla
+
+    table = simulate_chinchilla(BESIROGLU, num_runs=40, sigma=0.01, seed=4)
+    law = bs.get_law(law_name)
+    declared = dataclasses.replace(law, saturating_term=None, name=f"{law_name}_declared")
+    settings = dict(num_warmup=1000, num_samples=2000, num_chains=4, discrepancy=None, retries=False, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        new = bs.fit(table, law, **settings)
+        old = bs.fit(table, declared, **settings)
+    assert new.diagnostics.divergences == 0 and new.diagnostics.table["rhat"].max() < 1.01
+    for name in law.params:
+        a, b = new.summary().loc[name], old.summary().loc[name]
+        assert abs(a["mean"] - b["mean"]) < 3 * np.hypot(a["mcse_mean"], b["mcse_mean"]) + 0.1 * b["sd"], name
