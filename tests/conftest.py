@@ -52,6 +52,20 @@ def isoflop_design(budgets: int = 8, sizes: int = 7):
     return np.array(rows).T
 
 
+def kaplan_law_ladders(count: int, seed: int = 0) -> pd.DataFrame:
+    """IsoFLOP ladders drawn from Kaplan et al. 2020's law (Nc 8.8e13, Dc 5.4e13, aN 0.076, aD 0.095) with 1%
+    noise, column "ladder" naming each: data a Chinchilla-law fit misdescribes beyond the fitted range, as
+    real laws are."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(count):
+        _, N, D = isoflop_design()
+        loss = ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095
+        frames.append(pd.DataFrame({"N": N, "D": D, "loss": loss * np.exp(0.01 * rng.standard_normal(len(N))),
+                                    "ladder": f"ladder{i}"}))
+    return pd.concat(frames, ignore_index=True)
+
+
 @pytest.fixture(scope="session")
 def chinchilla_table() -> pd.DataFrame:
     return bayescale.load_example("chinchilla")

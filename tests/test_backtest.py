@@ -9,7 +9,7 @@ import bayescale as bs
 from bayescale.backtest import (backtest, crps_from_draws, folds_for, interval_score, largest, mask_from_column,
                                 score_draws, split_datasets)
 from bayescale.runs import DataError
-from conftest import simulate_chinchilla
+from conftest import kaplan_law_ladders, simulate_chinchilla
 
 
 def test_the_largest_share_keeps_ties_together_whatever_the_row_order():
@@ -123,21 +123,6 @@ def grouped_noise_ladders(count: int, seed: int = 0) -> pd.DataFrame:
         budget = np.unique(C, return_inverse=True)[1]
         noise = 0.01 * rng.standard_normal(8)[budget] + 0.005 * rng.standard_normal(len(N))
         frames.append(pd.DataFrame({"N": N, "D": D, "loss": chinchilla_loss(BESIROGLU, N, D) * np.exp(noise),
-                                    "ladder": f"ladder{i}"}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def kaplan_law_ladders(count: int, seed: int = 0) -> pd.DataFrame:
-    """IsoFLOP ladders drawn from Kaplan et al.'s law (Nc 8.8e13, Dc 5.4e13, aN 0.076, aD 0.095) with 1% noise,
-    to be fitted with the Chinchilla law: a family that is wrong beyond the data, as real laws are."""
-    from conftest import isoflop_design
-
-    rng = np.random.default_rng(seed)
-    frames = []
-    for i in range(count):
-        C, N, D = isoflop_design()
-        loss = ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095
-        frames.append(pd.DataFrame({"N": N, "D": D, "loss": loss * np.exp(0.01 * rng.standard_normal(len(N))),
                                     "ladder": f"ladder{i}"}))
     return pd.concat(frames, ignore_index=True)
 

@@ -16,6 +16,7 @@ from scipy import stats
 
 import bayescale as bs
 from bayescale.model import law_model, prior_draws
+from conftest import kaplan_law_ladders
 
 PRIORS = {
     "E": dist.LogNormal(jnp.log(2.0), 0.2),
@@ -70,25 +71,10 @@ def test_calibration_with_100_replications():
     assert stats.kstest(ranks, "uniform").pvalue > 0.01
 
 
-def _kaplan_ladders(count: int, seed: int) -> pd.DataFrame:
-    """IsoFLOP ladders from Kaplan et al. 2020's law (published constants), 1% noise: data a Chinchilla-law fit
-    misdescribes beyond the fitted range."""
-    from conftest import isoflop_design
-
-    rng = np.random.default_rng(seed)
-    frames = []
-    for i in range(count):
-        _, N, D = isoflop_design()
-        loss = ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095
-        frames.append(pd.DataFrame({"N": N, "D": D, "loss": loss * np.exp(0.01 * rng.standard_normal(len(N))),
-                                    "ladder": f"ladder{i}"}))
-    return pd.concat(frames, ignore_index=True)
-
-
 @pytest.mark.slow
 def test_walk_intervals_cover_larger_runs_of_a_misspecified_family():
     # benchmarks/results/calibration_backtest.md at 8 ladders: independent noise 0.40, the walk 1.00.
-    table = _kaplan_ladders(6, seed=21)
+    table = kaplan_law_ladders(6, seed=21)
     coverage = {}
     for name, discrepancy in (("none", None), ("walk", "random_walk")):
         result = bs.backtest(table, "chinchilla", discrepancy=discrepancy, datasets="ladder", cuts=(0.4, 0.25, 0.15),
