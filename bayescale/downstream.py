@@ -451,8 +451,11 @@ def chain_model(spec: ChainSpec):
     y=None)`. `metric` holds counts or fractions as `spec.metric_likelihood.observations` makes them;
     `y` is unused (the engine's generic prior draws pass it)."""
     # Laws hold dicts (unhashable): key on their identity, and keep the spec to check it is the same one.
+    from bayescale import saturating
+
+    level_slope = saturating.ENABLED
     key = (id(spec.loss_law), id(spec.link), spec.loss_likelihood, spec.metric_likelihood, spec.pooling, spec.shared,
-           spec.run_effect, spec.centered)
+           spec.run_effect, spec.centered, level_slope)
     if key in _MODELS and _MODELS[key][0].loss_law is spec.loss_law and _MODELS[key][0].link is spec.link:
         return _MODELS[key][1]
     law, link, metric_lik = spec.loss_law, spec.link, spec.metric_likelihood
@@ -461,7 +464,7 @@ def chain_model(spec: ChainSpec):
               law_mask=None):
         # `law_mask`: rows whose loss the loss law describes (finished runs); link-only rows (checkpoints) feed
         # their measured loss to the link and are left out of the loss law, its priors and its pivots.
-        params = sample_params(law, loss_stats, x, law_mask)
+        params = sample_params(law, loss_stats, x, law_mask, level_slope)
         noise = spec.loss_likelihood.sample_noise(loss_stats)
         law_loss = law.mean(params, x)
         num_runs = law_loss.shape[0]

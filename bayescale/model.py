@@ -28,11 +28,12 @@ from numpyro.infer.util import constrain_fn, log_likelihood, potential_energy
 from bayescale.discrepancy import log_axis
 from bayescale.law import Law, log_geometric_mean, resolve_prior
 from bayescale.likelihood import Likelihood
+from bayescale import saturating
 from bayescale.saturating import SaturatingTermPrior, sample_saturating_term
 from bayescale.saturating import applies as saturating_applies
 from bayescale.saturating import site_name as saturating_site_name
 
-_MODELS: dict[tuple[int, Likelihood], tuple[Law, object]] = {}
+_MODELS: dict[tuple[int, Likelihood, bool], tuple[Law, object]] = {}
 
 
 def pivot_site(name: str) -> str:
@@ -40,10 +41,11 @@ def pivot_site(name: str) -> str:
     return f"_log_{name}_at_ref"
 
 
-def sample_params(law: Law, stats, x=None, mask=None) -> dict:
+def sample_params(law: Law, stats, x=None, mask=None, level_slope: bool = True) -> dict:
     """Sample the law's parameters; pivoted coefficients through their decorrelated site (see `Param`), and a
-    declared saturating term through its level-and-slope coordinates (`bayescale.saturating`)."""
-    together = saturating_sites(law, stats)
+    declared saturating term through its level-and-slope coordinates (`bayescale.saturating`) unless
+    `level_slope` is False."""
+    together = saturating_sites(law, stats) if level_slope else None
     params = {}
     if together is not None:
         floor, coefficients, exponents, term_exponents = together
@@ -110,12 +112,13 @@ def law_model(law: Law, likelihood: Likelihood):
     """The NumPyro model of `law` with observation model `likelihood` (memoised per pair)."""
     if law.numpyro_model is not None:
         return law.numpyro_model
-    key = (id(law), likelihood)
+    level_slope = saturating.ENABLED
+    key = (id(law), likelihood, level_slope)
     if key in _MODELS and _MODELS[key][0] is law:
         return _MODELS[key][1]
 
     def model(x: Mapping, stats: Mapping, y=None, se=None, mask=None, prev=None):
-        params = sample_params(law, stats, x, mask)
+        params = sample_params(law, stats, x, mask, level_slope)
         z = None if likelihood.discrepancy is None else log_axis(law, likelihood.discrepancy, x)
         likelihood.observe(law.mean(params, x), stats, y=y, se=se, mask=mask, prev=prev, log_axis=z)
 

@@ -199,8 +199,12 @@ def _with_current_sites(dt, law: Law, runs: Runs):
     """The DataTree with the sites the law's model samples now where a saved fit predates them: the
     level-and-slope site of a saturating term (`bayescale.saturating`), computed exactly from the saved
     parameters, so that evidence and prior terms of an old fit use the model as it is."""
+    from bayescale import saturating
     from bayescale.fit import model_inputs
     from bayescale.model import saturating_site_values
+
+    if not saturating.ENABLED:
+        return dt
 
     (x, stats), _ = model_inputs(runs)
     posterior = dt.posterior

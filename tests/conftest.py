@@ -7,6 +7,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import bayescale  # noqa: E402,F401  (before any other JAX use: float64, host devices, compile cache)
 import bayescale.discrepancy  # noqa: E402
 import bayescale.retries  # noqa: E402
+import bayescale.saturating  # noqa: E402
 
 # Two package defaults are switched off for the suite, to keep the default run under 10 minutes on 2 cores:
 # - automatic retries: the tests fit many small posteriors at deliberately small settings, where a retry would
@@ -16,6 +17,7 @@ import bayescale.retries  # noqa: E402
 #   defaults as users get them use the `package_defaults` fixture below.
 bayescale.retries.DEFAULT_POLICY = bayescale.retries.NO_RETRIES
 bayescale.discrepancy.DEFAULT_DISCREPANCY = None
+bayescale.saturating.ENABLED = False  # each new model compiles faster; tests/test_saturating.py switches it on
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -79,7 +81,8 @@ def besiroglu_table(chinchilla_table) -> pd.DataFrame:
 
 @pytest.fixture
 def package_defaults(monkeypatch):
-    """The package's own defaults (one automatic retry, the discrepancy walk with the normal likelihood), which
-    conftest switches off for the rest of the suite."""
+    """The package's own defaults (one automatic retry, the discrepancy walk with the normal likelihood, the
+    level-and-slope coordinates), which conftest switches off for the rest of the suite."""
     monkeypatch.setattr(bayescale.retries, "DEFAULT_POLICY", bayescale.retries.RetryPolicy())
     monkeypatch.setattr(bayescale.discrepancy, "DEFAULT_DISCREPANCY", "random_walk")
+    monkeypatch.setattr(bayescale.saturating, "ENABLED", True)

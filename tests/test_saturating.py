@@ -19,6 +19,14 @@ from bayescale.model import saturating_sites
 from bayescale.saturating import SaturatingTermPrior, applies
 from test_catalogue import PARSCALE_TRUTH, parscale_table
 
+@pytest.fixture(autouse=True)
+def level_and_slope(monkeypatch):
+    """The coordinates under test (tests/conftest.py switches them off for the rest of the suite)."""
+    import bayescale.saturating
+
+    monkeypatch.setattr(bayescale.saturating, "ENABLED", True)
+
+
 COEFFICIENT = dist.LogNormal(jnp.log(50.0), 3.0)
 EXPONENT = dist.LogNormal(jnp.log(0.3), 0.5)
 
@@ -168,3 +176,14 @@ def test_several_terms_give_the_declared_posterior(law_name):
     for name in law.params:
         a, b = new.summary().loc[name], old.summary().loc[name]
         assert abs(a["mean"] - b["mean"]) < 3 * np.hypot(a["mcse_mean"], b["mcse_mean"]) + 0.1 * b["sd"], name
+
+
+@pytest.mark.parametrize("floor_prior", [dist.Uniform(0.0, 2.1), dist.HalfNormal(3.0)], ids=["interval", "positive"])
+def test_the_density_has_finite_gradients_on_both_sides_of_the_floor_bound(floor_prior):
+    """NUTS needs the gradient: finite at levels below and above the floor's upper bound, for a bounded and an
+    unbounded floor prior (the closed-form Jacobian has a branch per side)."""
+    prior = SaturatingTermPrior(floor_prior, *SHAPES["two exponents"][:2], [0, 1], jnp.asarray(SHAPES["two exponents"][3]))
+    for log_level_gap in (np.log(1.5), np.log(4.0)):  # level 1.5 (below 2.1) and 4.0 (above)
+        u = jnp.array([0.3, log_level_gap, 0.2, -1.0, -1.5])
+        grad = jax.grad(lambda v: prior.log_prob(v))(u)
+        assert np.all(np.isfinite(np.asarray(grad))), (floor_prior, log_level_gap, grad)
