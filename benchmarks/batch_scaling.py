@@ -32,13 +32,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import bayescale.discrepancy  # noqa: E402
 import bayescale.retries  # noqa: E402
+import bayescale.saturating  # noqa: E402
 
-# tests/conftest.py switches the package defaults off for the test suite (no retries, no discrepancy walk);
+# tests/conftest.py switches the package defaults off for the test suite (no retries, no discrepancy walk,
+# no level-and-slope coordinates);
 # put them back after importing its simulator. Results written before 2026-12-07 were measured without them.
-PACKAGE_DEFAULTS = (bayescale.retries.DEFAULT_POLICY, bayescale.discrepancy.DEFAULT_DISCREPANCY)
+PACKAGE_DEFAULTS = (bayescale.retries.DEFAULT_POLICY, bayescale.discrepancy.DEFAULT_DISCREPANCY,
+                    bayescale.saturating.ENABLED)
 from conftest import simulate_chinchilla  # noqa: E402
 
-bayescale.retries.DEFAULT_POLICY, bayescale.discrepancy.DEFAULT_DISCREPANCY = PACKAGE_DEFAULTS
+(bayescale.retries.DEFAULT_POLICY, bayescale.discrepancy.DEFAULT_DISCREPANCY,
+ bayescale.saturating.ENABLED) = PACKAGE_DEFAULTS
 
 from bayescale.batch import fit_batch  # noqa: E402
 

@@ -34,14 +34,18 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 import bayescale.discrepancy  # noqa: E402
 import bayescale.retries  # noqa: E402
+import bayescale.saturating  # noqa: E402
 
-# tests/conftest.py switches the package defaults off for the test suite (no retries, no discrepancy walk);
+# tests/conftest.py switches the package defaults off for the test suite (no retries, no discrepancy walk,
+# no level-and-slope coordinates);
 # this benchmark measures the defaults a user gets, so they are put back after importing the simulators.
-PACKAGE_DEFAULTS = (bayescale.retries.DEFAULT_POLICY, bayescale.discrepancy.DEFAULT_DISCREPANCY)
+PACKAGE_DEFAULTS = (bayescale.retries.DEFAULT_POLICY, bayescale.discrepancy.DEFAULT_DISCREPANCY,
+                    bayescale.saturating.ENABLED)
 import test_catalogue as cat  # noqa: E402
 from conftest import simulate_chinchilla  # noqa: E402
 
-bayescale.retries.DEFAULT_POLICY, bayescale.discrepancy.DEFAULT_DISCREPANCY = PACKAGE_DEFAULTS
+(bayescale.retries.DEFAULT_POLICY, bayescale.discrepancy.DEFAULT_DISCREPANCY,
+ bayescale.saturating.ENABLED) = PACKAGE_DEFAULTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOISES = (0.005, 0.01, 0.03)
