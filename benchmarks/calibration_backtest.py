@@ -41,7 +41,11 @@ Pass criteria (the calibration issue): pooled over the real data, 90% intervals 
 50% intervals 40-60%, mean interval score better than `none`; the same coverage bands on each simulated setting;
 median relative error no more than 10% worse than `none`.
 
-    python benchmarks/calibration_backtest.py [--variants none rw] [--parts real simulated] [--sets 8]
+Replicates (`--replicate r`, added after the default was chosen, to see how far one draw of 8 ladders per
+setting moves the simulated coverage): the same design and cuts on fresh simulated data sets (seeds 1000 r + i)
+with sampler seed r, stored as the variant `<name>/replicate<r>`; the decision rule does not read them.
+
+    python benchmarks/calibration_backtest.py [--variants none rw] [--parts real simulated] [--sets 8] [--replicate 0]
 
 writes benchmarks/results/calibration_backtest.{json,md} (merging with what is there, by variant and part).
 """
@@ -127,7 +131,7 @@ def simulate(setting: str, seed: int) -> pd.DataFrame:
 SETTINGS = ("wrong_family", "grouped_noise", "exponent_drift")
 
 
-def run_variant(name: str, parts, sets: int, warmup: int, draws: int) -> dict:
+def run_variant(name: str, parts, sets: int, warmup: int, draws: int, replicate: int = 0) -> dict:
     spec = VARIANTS[name]
     out = {}
     if "real" in parts:
@@ -143,10 +147,11 @@ def run_variant(name: str, parts, sets: int, warmup: int, draws: int) -> dict:
         out["real"] = pd.concat(tables, ignore_index=True)
     if "simulated" in parts:
         for setting in SETTINGS:
-            frames = [simulate(setting, seed).assign(dataset=f"{setting}/{seed}") for seed in range(sets)]
+            seeds = [1000 * replicate + i for i in range(sets)]
+            frames = [simulate(setting, seed).assign(dataset=f"{setting}/{seed}") for seed in seeds]
             t0 = time.perf_counter()
             bt = backtest(pd.concat(frames, ignore_index=True), "chinchilla", datasets="dataset", cuts=CUTS,
-                          num_warmup=warmup, num_samples=draws, seed=0, **spec)
+                          num_warmup=warmup, num_samples=draws, seed=replicate, **spec)
             print(f"  {name} {setting}: {time.perf_counter() - t0:.0f} s, converged {bt.refits['converged'].mean():.2f}", flush=True)
             out[setting] = bt.table
             out.setdefault(f"{setting}_refits_converged", []).extend(bt.refits["converged"].tolist())
@@ -176,15 +181,22 @@ def main():
     parser.add_argument("--sets", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--draws", type=int, default=500)
+    parser.add_argument("--replicate", type=int, default=0,
+                        help="0: the design's data sets and sampler seed; r > 0: fresh simulated data sets (seeds "
+                             "1000 r + i) and sampler seed r, stored as the variant '<name>/replicate<r>'")
     args = parser.parse_args()
+    if args.replicate and "real" in args.parts:
+        parser.error("--replicate draws fresh simulated data sets; the real data have no replicate (use --parts simulated)")
 
     path = RESULTS / "calibration_backtest.json"
-    results = json.loads(path.read_text()) if path.exists() else {"variants": {}}
     for name in args.variants:
         t0 = time.perf_counter()
         load = os.getloadavg()
-        out = run_variant(name, args.parts, args.sets, args.warmup, args.draws)
-        entry = results["variants"].setdefault(name, {})
+        out = run_variant(name, args.parts, args.sets, args.warmup, args.draws, args.replicate)
+        # Read the file again now, not at start: an edit made while this variant ran (a note) is kept.
+        results = json.loads(path.read_text()) if path.exists() else {"variants": {}}
+        key = f"{name}/replicate{args.replicate}" if args.replicate else name
+        entry = results["variants"].setdefault(key, {})
         for part, table in out.items():
             if part.endswith("_refits_converged"):
                 entry[part] = float(np.mean(table))
@@ -192,7 +204,7 @@ def main():
             entry[part] = pooled(table)
             if part == "real":
                 entry["real_by_dataset"] = {k: pooled(g) for k, g in table.groupby("dataset")}
-            table.to_csv(RESULTS / f"calibration_backtest_{name}_{part}.csv.gz", index=False)
+            table.to_csv(RESULTS / f"calibration_backtest_{key.replace('/', '_')}_{part}.csv.gz", index=False)
         # Per invocation's parts, so a variant run in two invocations (real, then simulated) keeps both timings.
         entry.setdefault("timing", {})["+".join(args.parts)] = {"seconds": time.perf_counter() - t0,
                                                                "load_average_at_start": load[0]}
