@@ -25,6 +25,9 @@ worth, with one extra input that says how they were trained or arranged.
   L = E + A1 / N_nv^alpha1 + A2 / N_v^alpha2 + B / D^beta. Tao et al. fit the unigram-normalised loss, which
   can be negative; this law models a positive loss (the raw loss, or the normalised loss plus a constant).
   Priors as Chinchilla's, per term.
+- `precision`, `vocabulary` and `average_params` sample their floor, coefficients and exponents in the
+  level-and-slope coordinates of `bayescale.saturating`, like Chinchilla (for `precision` the level is taken at
+  the data's middle N, not N_eff: still an exact change of variables).
 - `average_params` (Jin et al. 2025, "The Journey Matters: Average Parameter Count over Pre-training Unifies
   Sparse and Dense Scaling Laws", arXiv:2501.12486): a model pruned during training is worth the average of
   its parameter count over training, N_avg; L = E + A N_avg^-alpha + B D^-beta holds for dense and sparse
@@ -62,6 +65,7 @@ PRECISION = Law(
         "gamma": Param(dist.LogNormal(jnp.log(3.0), 0.7), "precision scale (bits): N_eff = N (1 - exp(-P/gamma))"),
     },
     mean=_precision_mean,
+    saturating_term=("E", "A", "B"),
     description="Chinchilla with precision-limited effective parameters (P: training precision, bits)",
     form="L = E + A N_eff^-alpha + B D^-beta, N_eff = N (1 - exp(-P/gamma))",
     reference="Kumar et al. 2024, arXiv:2411.04330",
@@ -143,6 +147,7 @@ VOCABULARY = Law(
         "beta": Param(priors.exponent(), "exponent of training data D"),
     },
     mean=_vocabulary_mean,
+    saturating_term=("E", "A1", "A2", "B"),
     description="loss with separate non-vocabulary-parameter, vocabulary-parameter and data terms",
     form="L = E + A1 / N_nv^alpha1 + A2 / N_v^alpha2 + B / D^beta",
     reference="Tao et al. 2024, arXiv:2407.13623",
@@ -169,6 +174,7 @@ AVERAGE_PARAMS = Law(
         "beta": Param(priors.exponent(), "exponent of tokens D"),
     },
     mean=_average_params_mean,
+    saturating_term=("E", "A", "B"),
     derivations=(
         Derivation("N_avg", ("N", "sparsity", "prune_start", "prune_end"),
                    lambda N, s, a, b: N * (1.0 - _mean_sparsity(s, a, b)),

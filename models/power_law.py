@@ -25,7 +25,9 @@ fixed LogNormal(0, 5) was centred on one x-unit, whatever the unit); narrow it w
 `power_law` and `compute_power_law` sample E, A and alpha in level-and-slope coordinates (`Law.saturating_term`,
 `bayescale.saturating`): the level and log-slope at the data's middle, which the data fix, and the floor's
 place below the level, which they may not. The ridge between a low floor and a small exponent is then
-straight for NUTS; the priors are the ones stated here, exactly.
+straight for NUTS; the priors are the ones stated here, exactly. `offset_power_law` samples d, a and c the
+same way, with the level taken as d + a x_ref^-c (b left out, exact where b is small against the data's x and
+still an exact change of variables where it is not) and b sampled as declared.
 """
 
 import jax.numpy as jnp
@@ -75,6 +77,7 @@ OFFSET_POWER_LAW = Law(
         "c": Param(priors.exponent(), "scaling exponent (positive: y = d + a (x + b)^-c)"),
     },
     mean=_offset_mean,
+    saturating_term=("d", "a"),
     description="offset power law in one variable, a (x + b)^c + d with c < 0",
     form="y = d + a * (x + b)^-c",
     reference="issue 3 catalogue; offset form e.g. Hestness et al. 2017 (small-data region)",

@@ -372,6 +372,26 @@ def test_parscale_map_recovers_simulated_parameters():
     map_recovery(parscale_table(), "parscale", PARSCALE_TRUTH, rtol={"E": 0.1, "c": 1.0, "alpha": 0.3, "k": 0.3})
 
 
+VOCABULARY_TRUTH = {"E": 1.5, "A1": 400.0, "alpha1": 0.3, "A2": 50.0, "alpha2": 0.2, "B": 1000.0, "beta": 0.3}
+
+
+def vocabulary_table(seed=0, sigma=0.005):
+    """Five non-vocabulary sizes x three vocabularies (8k-128k tokens, embedding width ~ sqrt(N_nv / 100))
+    x two token budgets (5 and 40 tokens per parameter): 30 runs in which the three terms move separately."""
+    rng = np.random.default_rng(seed)
+    N_nv, V, M = (a.ravel() for a in np.meshgrid(np.geomspace(3e7, 3e9, 5), [8192, 32768, 131072], [5, 40]))
+    N_v = V * np.sqrt(N_nv / 100.0)
+    D = M * (N_nv + N_v)
+    t = VOCABULARY_TRUTH
+    loss = t["E"] + t["A1"] / N_nv ** t["alpha1"] + t["A2"] / N_v ** t["alpha2"] + t["B"] / D ** t["beta"]
+    return pd.DataFrame({"N_nv": N_nv, "N_v": N_v, "D": D, "loss": noisy(loss, sigma, rng)})
+
+
+def test_vocabulary_map_recovers_simulated_parameters():
+    map_recovery(vocabulary_table(), "vocabulary", VOCABULARY_TRUTH,
+                 rtol={"E": 0.1, "A1": 1.5, "alpha1": 0.3, "A2": 1.5, "alpha2": 0.4, "B": 1.5, "beta": 0.3})
+
+
 def test_moe_and_vocabulary_forms():
     moe = bs.get_law("moe")
     p = {"a": -0.08, "b": -0.1, "c": 0.005, "d": 2.8, "E_start_minus_1": 0.85, "E_max": 300.0}

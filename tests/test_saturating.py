@@ -32,13 +32,17 @@ EXPONENT = dist.LogNormal(jnp.log(0.3), 0.5)
 
 
 # (coefficient priors, exponent priors, each term's exponent, log pivot references): one term (power_law), two
-# terms with their own exponents (Chinchilla), two terms sharing one exponent (the over-training law).
+# terms with their own exponents (Chinchilla), two terms sharing one exponent (the over-training law), three
+# terms (the vocabulary law).
 SHAPES = {
     "one term": ([COEFFICIENT], [EXPONENT], [0], [np.log(1e9)]),
     "two exponents": ([COEFFICIENT, dist.LogNormal(jnp.log(1000.0), 3.0)], [EXPONENT, dist.LogNormal(jnp.log(0.35), 0.5)],
                       [0, 1], [np.log(1e9), np.log(2e10)]),
     "shared exponent": ([COEFFICIENT, dist.LogNormal(jnp.log(300.0), 4.0)], [dist.LogNormal(jnp.log(0.15), 0.5)],
                         [0, 0], [np.log(1e20), np.log(1e20)]),
+    "three exponents": ([COEFFICIENT, dist.LogNormal(jnp.log(10.0), 2.0), dist.LogNormal(jnp.log(1000.0), 3.0)],
+                        [EXPONENT, dist.LogNormal(jnp.log(0.2), 0.5), dist.LogNormal(jnp.log(0.35), 0.5)],
+                        [0, 1, 2], [np.log(3e8), np.log(5e7), np.log(2e10)]),
 }
 
 
@@ -74,6 +78,9 @@ def test_priors_outside_the_coordinates_fall_back_to_the_declared_sites():
     stats = {"y_min": 2.0}
     assert saturating_sites(law, stats) == ("E", ("A",), ("alpha",), (0,))
     assert saturating_sites(bs.get_law("overtrain"), stats) == ("E", ("a", "b"), ("eta",), (0, 0))
+    assert saturating_sites(bs.get_law("vocabulary"), stats) == ("E", ("A1", "A2", "B"), ("alpha1", "alpha2", "beta"),
+                                                                (0, 1, 2))
+    assert saturating_sites(bs.get_law("offset_power_law"), stats) == ("d", ("a",), ("c",), (0,))
     assert saturating_sites(law.with_priors({"E": dist.Normal(1.5, 0.3)}), stats) is None
     with pytest.raises(ValueError, match="saturating_term"):
         dataclasses.replace(law, saturating_term=("E", "alpha"))
