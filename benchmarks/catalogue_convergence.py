@@ -124,7 +124,7 @@ def write_markdown(results: dict, path: Path) -> None:
         lines.append(f"| {name} | {r['runs_per_set']} | {r['data_sets']} | {r['passed']} ({r['passed'] / r['data_sets']:.0%}) | "
                      f"{r['passed_first_attempt']} | {r['passed_after_retry']} | {r['failed']} | {checks} | {noise} | "
                      f"{r['max_divergences']} | {r['max_rhat']:.3f} | {r['seconds']:.0f} ({r['load_average_at_start']:.1f}) |")
-        if name.endswith("(declared)"):  # a baseline row, not the package default
+        if "(" in name:  # a baseline or trial row ("(declared)", "(..., not adopted)"), not the package default
             continue
         total += r["data_sets"]
         passed += r["passed"]
