@@ -51,6 +51,7 @@ import pandas as pd
 from numpyro import handlers
 from numpyro.distributions import biject_to
 
+from bayescale import saturating
 from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
 from bayescale.fit import run_coordinate
 from bayescale.inference import SamplerSettings, program_for, sample_posterior, scalar_sites
@@ -451,8 +452,6 @@ def chain_model(spec: ChainSpec):
     y=None)`. `metric` holds counts or fractions as `spec.metric_likelihood.observations` makes them;
     `y` is unused (the engine's generic prior draws pass it)."""
     # Laws hold dicts (unhashable): key on their identity, and keep the spec to check it is the same one.
-    from bayescale import saturating
-
     level_slope = saturating.ENABLED
     key = (id(spec.loss_law), id(spec.link), spec.loss_likelihood, spec.metric_likelihood, spec.pooling, spec.shared,
            spec.run_effect, spec.centered, level_slope)

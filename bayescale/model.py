@@ -48,10 +48,7 @@ def sample_params(law: Law, stats, x=None, mask=None, level_slope: bool = True) 
     together = saturating_sites(law, stats) if level_slope else None
     params = {}
     if together is not None:
-        floor, coefficients, exponents, term_exponents = together
-        priors = {n: resolve_prior(law.params[n].prior, stats) for n in (floor, *coefficients, *exponents)}
-        log_x_refs = [log_geometric_mean(x[law.params[c].pivot[0]], mask) for c in coefficients]
-        params.update(sample_saturating_term(floor, coefficients, exponents, term_exponents, priors, log_x_refs))
+        params.update(sample_saturating_term(saturating_term_prior(law, together, stats, x, mask)))
     for name, p in law.params.items():
         if p.pivot is None and name not in params:
             params[name] = numpyro.sample(name, resolve_prior(p.prior, stats))
@@ -79,6 +76,17 @@ def saturating_sites(law: Law, stats) -> tuple[str, tuple[str, ...], tuple[str, 
     return floor, tuple(coefficients), exponents, term_exponents
 
 
+def saturating_term_prior(law: Law, sites, stats, x, mask=None) -> SaturatingTermPrior:
+    """The declared priors of the saturating term `sites` (from `saturating_sites`) in level-and-slope
+    coordinates, each coefficient pivoted at its input's geometric mean over the (unmasked) runs."""
+    floor, coefficients, exponents, term_exponents = sites
+    priors = {n: resolve_prior(law.params[n].prior, stats) for n in (floor, *coefficients, *exponents)}
+    log_x_refs = jnp.stack([jnp.asarray(log_geometric_mean(x[law.params[c].pivot[0]], mask), float)
+                            for c in coefficients])
+    return SaturatingTermPrior(priors[floor], [priors[c] for c in coefficients], [priors[e] for e in exponents],
+                               term_exponents, log_x_refs, names=(floor, *coefficients, *exponents))
+
+
 def saturating_site_values(law: Law, posterior: Mapping[str, np.ndarray], x, stats) -> tuple[str, np.ndarray] | None:
     """(site, values) of the level-and-slope site computed exactly from posterior draws of the floor,
     coefficients and exponents (shape (..., size)); None where the law samples no such site. Fits saved
@@ -87,17 +95,12 @@ def saturating_site_values(law: Law, posterior: Mapping[str, np.ndarray], x, sta
     sites = saturating_sites(law, stats)
     if sites is None:
         return None
-    floor, coefficients, exponents, term_exponents = sites
-    priors = {n: resolve_prior(law.params[n].prior, stats) for n in (floor, *coefficients, *exponents)}
-    log_x_refs = jnp.stack([log_geometric_mean(x[law.params[c].pivot[0]]) for c in coefficients])
-    prior = SaturatingTermPrior(priors[floor], [priors[c] for c in coefficients], [priors[e] for e in exponents],
-                                term_exponents, log_x_refs)
-    shape = np.shape(posterior[floor])
-    flat_floor = jnp.reshape(jnp.asarray(posterior[floor]), (-1,))
-    log_coefficients = jnp.stack([jnp.log(jnp.asarray(posterior[c])).reshape(-1) for c in coefficients], -1)
-    values = jnp.stack([jnp.asarray(posterior[e]).reshape(-1) for e in exponents], -1)
-    u = jax.vmap(prior.from_params)(flat_floor, log_coefficients, values)
-    return saturating_site_name(floor, *coefficients), np.asarray(u).reshape(*shape, prior.size)
+    floor, coefficients, exponents, _ = sites
+    prior = saturating_term_prior(law, sites, stats, x)
+    u = prior.from_param_draws(jnp.asarray(posterior[floor]),
+                               jnp.stack([jnp.log(jnp.asarray(posterior[c])) for c in coefficients], -1),
+                               jnp.stack([jnp.asarray(posterior[e]) for e in exponents], -1))
+    return saturating_site_name(floor, *coefficients), np.asarray(u)
 
 
 def sample_pivoted(name: str, prior, shift):

@@ -131,6 +131,13 @@ class SaturatingTermPrior(dist.Distribution):
         return jnp.concatenate([jnp.stack([w, jnp.log(level - self.lo)]), log_terms[1:] - log_terms[0],
                                 jnp.log(exponents) + log_sums])
 
+    def from_param_draws(self, floor, log_coefficients, exponents):
+        """`from_params` over draws: floor of shape S, log A of S + (terms,), alpha of S + (exponents,) -> u of
+        shape S + (size,)."""
+        flat = jax.vmap(self.from_params)(jnp.reshape(floor, (-1,)), jnp.reshape(log_coefficients, (-1, self.num_terms)),
+                                          jnp.reshape(exponents, (-1, self.num_exponents)))
+        return flat.reshape(*jnp.shape(floor), self.size)
+
     def sample(self, key, sample_shape=()):
         keys = jax.random.split(key, 1 + self.num_terms + self.num_exponents)
         floor = self.floor_prior.sample(keys[0], sample_shape)
@@ -138,9 +145,7 @@ class SaturatingTermPrior(dist.Distribution):
                                       zip(self.log_coefficient_priors, keys[1:1 + self.num_terms])], -1)
         exponents = jnp.stack([p.sample(k, sample_shape) for p, k in
                                zip(self.exponent_priors, keys[1 + self.num_terms:])], -1)
-        flat = jax.vmap(self.from_params)(jnp.reshape(floor, (-1,)), log_coefficients.reshape(-1, self.num_terms),
-                                          exponents.reshape(-1, self.num_exponents))
-        return flat.reshape(*jnp.shape(floor), self.size)
+        return self.from_param_draws(floor, log_coefficients, exponents)
 
     def declared_log_prob_terms(self, u) -> dict:
         """The declared priors' log densities at the parameters of one u, one term per parameter and without
@@ -188,13 +193,11 @@ class SaturatingTermPrior(dist.Distribution):
         return jnp.reshape(jax.vmap(self._log_prob_one)(flat), jnp.shape(value)[:-1])
 
 
-def sample_saturating_term(floor: str, coefficients: tuple[str, ...], exponents: tuple[str, ...],
-                           term_exponents: tuple[int, ...], priors: dict, log_x_refs) -> dict:
-    """Sample a floor, its terms' coefficients and their exponents through `SaturatingTermPrior`; record
-    them in the user's units."""
-    prior = SaturatingTermPrior(priors[floor], [priors[c] for c in coefficients], [priors[e] for e in exponents],
-                                term_exponents, jnp.stack([jnp.asarray(r, float) for r in log_x_refs]),
-                                names=(floor, *coefficients, *exponents))
+def sample_saturating_term(prior: SaturatingTermPrior) -> dict:
+    """Sample a floor, its terms' coefficients and their exponents through `prior` (built with their `names`);
+    record them in the user's units."""
+    floor, coefficients, exponents = (prior.names[0], prior.names[1:1 + prior.num_terms],
+                                      prior.names[1 + prior.num_terms:])
     u = numpyro.sample(site_name(floor, *coefficients), prior)
     value_floor, log_coefficients, values = jax.vmap(prior.to_params)(u) if jnp.ndim(u) > 1 else prior.to_params(u)
     out = {floor: numpyro.deterministic(floor, value_floor)}
