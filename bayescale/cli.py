@@ -200,9 +200,14 @@ def cmd_fit(args) -> int:
         table, law, columns, y = selected_rows(args.data, args.where), args.law, parse_columns(args.column), args.y or "loss"
         if not law:
             raise ValueError("--law is required (see `bayescale laws`)")
+    outputs = [c.strip() for c in y.split(",")] if "," in y else None
+    if outputs is not None:
+        y = outputs  # several output columns: one joint multi-output fit, grouped by output
+        if args.group:
+            raise ValueError("--y with several columns is a multi-output fit, grouped by output; it cannot take --group")
+    grouped = bool(args.group) or outputs is not None
     likelihood = bs.Likelihood(family=args.likelihood, nu=None if args.nu == "fit" else float(args.nu),
-                               discrepancy=_discrepancy(args.discrepancy, args.likelihood, bool(args.group),
-                                                        bs.get_law(law)))
+                               discrepancy=_discrepancy(args.discrepancy, args.likelihood, grouped, bs.get_law(law)))
     priors = dict(parse_prior(p) for p in args.prior or [])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bs.ConvergenceWarning)
@@ -211,7 +216,7 @@ def cmd_fit(args) -> int:
             table, law, columns=columns, y=y, se=args.se, likelihood=likelihood, priors=priors,
             num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed,
             allow_repeats=args.allow_repeats, group=args.group, shared=_names(args.shared),
-            pooling=args.pooling, sequence=_sequence(args.sequence), settings=_settings(args), retries=args.retries,
+            pooling=args.pooling, sequence=_sequence(args.sequence), settings=_settings(args, grouped), retries=args.retries,
         )
     for w in caught:
         if issubclass(w.category, (bs.ConvergenceWarning, bs.MisfitWarning)):
@@ -228,11 +233,12 @@ def cmd_fit(args) -> int:
                # What reproduces the run: data binding, model and sampler, and the software.
                "data": str(args.data) if args.data else f"example {args.example}", "where": args.where or [],
                "columns": mapping,
-               "output": result.runs.output, "runs": len(result.runs), "likelihood": result.likelihood.to_dict(),
+               "output": outputs or result.runs.output, "runs": len(result.runs), "likelihood": result.likelihood.to_dict(),
                "seed": result.seed, "settings": result.settings.to_dict(), "versions": _versions()})
     else:
         print("inputs: " + "; ".join(f"{name} <- {source if source.startswith('derived') else repr(source)}"
-                                     for name, source in mapping.items()) + f"; output <- {result.runs.output!r}")
+                                     for name, source in mapping.items())
+              + (f"; outputs <- {outputs} (one cell per run and output)" if outputs else f"; output <- {result.runs.output!r}"))
         print(f"{result!r}" + (f" -> {out}" if out is not None else " (not saved: give --out FILE to keep it)"))
         _print_table(result.summary())
     return EXIT_NOT_CONVERGED if args.strict and not result.converged else 0
@@ -250,7 +256,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _settings(args):
+def _settings(args, grouped: bool | None = None):
     """A `SamplerSettings` when a sampler knob beyond chains/warm-up/draws was given (else None: the fit's own
     defaults, e.g. a grouped fit's higher target acceptance)."""
     if args.target_accept is None and args.max_tree_depth is None:
@@ -265,7 +271,7 @@ def _settings(args):
     return bs.SamplerSettings(
         num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains,
         target_accept_prob=args.target_accept if args.target_accept is not None else
-        (0.99 if getattr(args, "group", None) else defaults.target_accept_prob),
+        (0.99 if (grouped if grouped is not None else getattr(args, "group", None)) else defaults.target_accept_prob),
         max_tree_depth=args.max_tree_depth if args.max_tree_depth is not None else defaults.max_tree_depth,
     )
 
@@ -617,7 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(its law, columns and output unless given; grouped by its setups where it has several)")
     p.add_argument("--law", help="law name (see `bayescale laws`)")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a law input to a column (repeatable)")
-    p.add_argument("--y", help="output column (default: loss)")
+    p.add_argument("--y", help="output column (default: loss); several, comma-separated (loss_web,loss_code): one "
+                   "joint multi-output fit with parameters per output (see --pooling, --shared)")
     p.add_argument("--se", help="column of known standard errors of the output")
     p.add_argument("--likelihood", default="normal", choices=["normal", "student_t", "ar1"])
     p.add_argument("--nu", default="4", help="Student-t degrees of freedom, or 'fit'")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,7 +215,7 @@ def fit(
     law: str | Law,
     *,
     columns: Mapping[str, str] | None = None,
-    y: str = "loss",
+    y: str | Sequence[str] = "loss",
     se: str | None = None,
     likelihood: str | Likelihood = "normal",
     discrepancy: Any = "default",
@@ -252,6 +252,13 @@ def fit(
     with one value for all groups) say how each law parameter varies by group; `group_scale` is the prior
     scale of the between-group spread.
 
+    Several outputs: `y=["loss_web", "loss_code", ...]` fits one law to each output column jointly (a loss per
+    domain of a data mixture, a loss per task): the columns are stacked into cells labelled "<row>:<column>"
+    (`bayescale.runs.outputs_long`; an empty cell is an output not measured for that run) and grouped by
+    output (column "output"), with `pooling`/`shared` saying which parameters are the same for every output.
+    The noise scale sigma is shared by the outputs (relative scatter on the log scale). `predict` then returns
+    every output at each point from the same posterior draws, unless the points name an "output".
+
     Training curves: `sequence=(run column, step column)` orders each run's points, for the "ar1"
     likelihood (correlated residuals within a run); the "ar1" likelihood requires it.
 
@@ -264,6 +271,16 @@ def fit(
     whose points are not exchangeable) and emit a `MisfitWarning` naming the runs the model does not describe.
     """
     law = get_law(law)
+    multi_output = y is not None and not isinstance(y, str)
+    if multi_output:
+        from bayescale.runs import OUTPUT_COLUMN, outputs_long
+
+        if isinstance(data, Runs):
+            raise TypeError("y=[...] names a table's output columns; give the table, not Runs")
+        if group is not None:
+            raise ValueError("a multi-output fit groups the cells by output; it cannot also group by "
+                             f"{group!r} (fit each {group} separately)")
+        data, y, group = outputs_long(data, list(y), law.output), law.output, OUTPUT_COLUMN
     grouped = group is not None or (isinstance(data, Runs) and data.groups is not None)
     likelihood = as_likelihood(likelihood, discrepancy, grouped=grouped, law=law)
     priors = dict(priors or {})
@@ -283,7 +300,8 @@ def fit(
     )
     grouping = None
     if group is not None or runs.groups is not None:
-        grouping = make_grouping(law, group or runs.group_column, pooling=pooling, shared=shared, scale=group_scale)
+        grouping = make_grouping(law, group or runs.group_column, pooling=pooling, shared=shared, scale=group_scale,
+                                 outputs=multi_output)
         if likelihood.discrepancy is not None:
             raise ValueError("the random-walk discrepancy is not available for grouped fits yet; fit each group "
                              "with it, or the grouped fit without it (discrepancy=None)")

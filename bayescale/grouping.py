@@ -22,6 +22,11 @@ fresh z from the same distribution (`group_params`), with the pooled data's boun
 
     fit(table, "chinchilla", group="dataset", shared=["alpha", "beta"])           # partial pooling of E, A, B
     fit(table, "chinchilla", group="dataset", pooling="independent", shared=["alpha", "beta"])
+
+Several outputs of one run (a loss per domain or per task) are groups too: `fit(table, law, y=["loss_web",
+"loss_code", ...])` stacks the output columns (`bayescale.runs.outputs_long`) and groups the cells by output
+column, so each output gets its own parameters, pooled as above, in one joint posterior; a prediction gives
+every output from the same draws.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class Grouping:
     column: str
     levels: tuple[tuple[str, str], ...]
     scale: float = 0.5
+    # True when the groups are a table's output columns (`fit(y=[...])`, `bayescale.runs.outputs_long`):
+    # predictions are then made for every output at once unless points name one.
+    outputs: bool = False
 
     @property
     def level(self) -> dict[str, str]:
@@ -63,11 +71,12 @@ class Grouping:
         return tuple(name for name, level in self.levels if level != "shared")
 
     def to_dict(self) -> dict:
-        return {"column": self.column, "levels": dict(self.levels), "scale": self.scale}
+        return {"column": self.column, "levels": dict(self.levels), "scale": self.scale, "outputs": self.outputs}
 
     @classmethod
     def from_dict(cls, spec: Mapping) -> Grouping:
-        return cls(column=spec["column"], levels=tuple(spec["levels"].items()), scale=float(spec["scale"]))
+        return cls(column=spec["column"], levels=tuple(spec["levels"].items()), scale=float(spec["scale"]),
+                   outputs=bool(spec.get("outputs", False)))
 
 
 def make_grouping(
@@ -76,6 +85,7 @@ def make_grouping(
     pooling: str | Mapping[str, str] = "partial",
     shared: Sequence[str] = (),
     scale: float = 0.5,
+    outputs: bool = False,
 ) -> Grouping:
     """A `Grouping` from user options: `pooling` is one level for all parameters or {parameter: level}
     (parameters not named get "partial"); `shared` names parameters that are one value for all groups."""
@@ -98,7 +108,7 @@ def make_grouping(
         raise ValueError(f"pooling levels {bad} are not one of {POOLING_LEVELS}")
     if not scale > 0:
         raise ValueError(f"the between-group scale must be positive, got {scale}")
-    return Grouping(column=column, levels=tuple(levels.items()), scale=float(scale))
+    return Grouping(column=column, levels=tuple(levels.items()), scale=float(scale), outputs=outputs)
 
 
 def group_stats(y: np.ndarray, codes: np.ndarray, num_groups: int) -> dict[str, np.ndarray]:

@@ -147,6 +147,10 @@ def job_from_mapping(spec: Mapping[str, Any], base: Path = Path("."), **override
     unknown = sorted(set(data) - _DATA_KNOWN)
     if unknown:
         raise JobError(f"unknown keys in 'data': {unknown}; known: {sorted(_DATA_KNOWN)}")
+    if not isinstance(data.get("y", "loss"), str):
+        raise JobError(f"data.y = {data['y']!r}: a job fits one output column per data set; multi-output fits "
+                       "(several output columns, one joint posterior) run through fit(table, law, y=[...]) or "
+                       "`bayescale fit --y a,b`, not yet through job files")
     datasets = _datasets(data, base)
     laws = spec["laws"]
     laws = (laws,) if isinstance(laws, str) else tuple(laws)

@@ -115,12 +115,17 @@ def predict(fit, at: Mapping[str, float | Sequence[float]] | pd.DataFrame, *, se
 
     A grouped fit needs the group of each point in `at` (its group column): a fitted group uses that
     group's parameters; a group the fit has not seen gets parameters drawn from the fitted between-group
-    distribution (partial pooling only), so its interval includes the spread between setups."""
+    distribution (partial pooling only), so its interval includes the spread between setups. A multi-output
+    fit (`fit(y=[...])`) predicts every output at each point when `at` has no "output" column: rows are
+    (point, output) pairs, outputs varying fastest, each output's draws from the same posterior draws."""
     key = jax.random.PRNGKey(seed)
     if fit.grouping is None:
         points = points_from_mapping(at, fit.law, fit.runs.sources)
     else:
         frame = at if isinstance(at, pd.DataFrame) else pd.DataFrame({k: np.atleast_1d(v) for k, v in at.items()})
+        if fit.grouping.outputs and fit.grouping.column not in frame.columns:
+            # A multi-output fit predicts every output at each point (outputs vary fastest), from the same draws.
+            frame = frame.merge(pd.DataFrame({fit.grouping.column: list(fit.runs.group_labels)}), how="cross")
         points = points_from_mapping(frame.drop(columns=[fit.grouping.column], errors="ignore"), fit.law, fit.runs.sources)
     samples = draws(fit, list(fit.data.posterior.data_vars))
     if fit.law.numpyro_model is not None:

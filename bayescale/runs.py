@@ -384,6 +384,57 @@ def points_from_mapping(at: Mapping[str, float | Sequence[float]] | pd.DataFrame
     return runs_from_table(at, law, columns=columns, y=None, allow_repeats=True)
 
 
+# The column a multi-output table is grouped by once its output columns are stacked (`outputs_long`).
+OUTPUT_COLUMN = "output"
+
+
+def outputs_long(source: pd.DataFrame | str | Path, outputs: Sequence[str], value_name: str = "loss") -> pd.DataFrame:
+    """A table with one column per output (a loss per domain, per task) as a long table: one row per
+    (run, output) cell that holds a value, the value in column `value_name` and the output's column name in
+    column "output" (`OUTPUT_COLUMN`), every other column repeated. Row labels become "<row>:<output>", so
+    messages and the fit's "run" coordinate name the cell. An empty cell is an output that was not measured for
+    that run: it is not an observation (and not an error); a row with no output at all, or an output column with
+    no value, is an error."""
+    table = read_table(source)
+    if len(table) == 0:
+        raise DataError("the table has no rows")
+    outputs = [str(o) for o in outputs]
+    if len(outputs) < 2:
+        raise DataError(f"a multi-output fit needs at least two output columns, got {outputs}")
+    repeated = sorted({o for o in outputs if outputs.count(o) > 1})
+    if repeated:
+        raise DataError(f"output columns repeated: {repeated}")
+    missing = [o for o in outputs if o not in table.columns]
+    if missing:
+        raise DataError(f"output columns {missing} are not in the table; columns are: {', '.join(map(str, table.columns))}")
+    for name in (value_name, OUTPUT_COLUMN):
+        if name in table.columns and name not in outputs:
+            raise DataError(f"the table has a column {name!r}, which a multi-output fit uses for the stacked outputs; "
+                            f"rename it (or list it among the outputs)")
+    labels = np.asarray(table.index)
+    values = {}
+    for o in outputs:
+        series = table[o]
+        values[o] = _numeric_column(table.assign(**{o: series.fillna(1.0)}), o, f"output {o}", labels).copy()
+        values[o][series.isna().to_numpy()] = np.nan
+        if np.isnan(values[o]).all():
+            raise DataError(f"output column {o!r} has no value in any row")
+    present = np.stack([~np.isnan(values[o]) for o in outputs])
+    empty = ~present.any(axis=0)
+    if empty.any():
+        raise DataError(f"rows {_rows(labels, empty)} have no value in any output column {outputs}; remove them")
+    rest = table.drop(columns=outputs)
+    parts = []
+    for i, o in enumerate(outputs):
+        part = rest.iloc[present[i]].copy()
+        part[value_name] = values[o][present[i]]
+        # Categories in the caller's order: the fit's groups (and predictions) keep the order of `outputs`.
+        part[OUTPUT_COLUMN] = pd.Categorical([o] * len(part), categories=outputs)
+        part.index = [f"{label}:{o}" for label in labels[present[i]]]
+        parts.append(part)
+    return pd.concat(parts)
+
+
 def split_datasets(table: pd.DataFrame, column: str | None) -> dict[Any, pd.DataFrame]:
     """The table's independent data sets by `column` (None: the whole table as one). Values are kept as they
     are: 1 and "1" are different data sets, and an empty value is an error."""
