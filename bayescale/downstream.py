@@ -17,6 +17,12 @@ a link law (input "L", output a metric, e.g. "link_exponential": Err = eps - k e
   z_t ~ Normal(0, 1): a noisy small task borrows strength from the others. Parameters whose prior reads the
   task's statistics (the chance level: eps, floor, ceil) are per task. `pooling="none"` gives every task
   the declared priors independently: the same as fitting each task separately with the shared loss law.
+- A loss per task (`loss_column={task: column}`): ladders are often fitted through each task's own loss
+  (its bits-per-byte or cross-entropy on the task's answers). Then every task has its own loss law, its
+  parameters partially pooled across tasks as in a grouped fit (`bayescale.grouping`; `loss_pooling`,
+  `loss_shared`) with a noise scale per task, and each task's link reads that task's loss, relative to its
+  geometric mean over the measured runs (so a link's midpoint and steepness mean the same on every task, in
+  whatever unit each loss is, and stay pooled across tasks). One shared loss is the special case.
 - Runs (`run_effect=True`, off by default): an offset on the logit of every task's accuracy shared by all
   tasks of a run, for runs that beat or trail their loss on every task at once; without it the tasks'
   scatter is independent and the task average's interval shrinks as 1/sqrt(tasks).
@@ -54,6 +60,7 @@ from numpyro.distributions import biject_to
 from bayescale import saturating
 from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
 from bayescale.fit import run_coordinate
+from bayescale.grouping import Grouping, sample_grouped_params
 from bayescale.inference import SamplerSettings, program_for, sample_posterior, scalar_sites
 from bayescale.law import Law, PriorSpec, data_stats, get_law, laws, log_geometric_mean, resolve_prior
 from bayescale.likelihood import Likelihood, as_likelihood
@@ -81,7 +88,7 @@ class DownstreamRuns:
     missing, per-task `items` (or None) and `chance` (fractions)."""
 
     x: dict[str, np.ndarray]
-    loss: np.ndarray
+    loss: np.ndarray  # (runs,), or (tasks, runs) with a loss per task (`loss_columns`)
     accuracy: np.ndarray
     tasks: tuple[str, ...]
     # The number of answers each task's accuracy is a fraction of: its items times the evaluations averaged
@@ -99,9 +106,15 @@ class DownstreamRuns:
     composites: dict[str, dict[str, float]] = field(default_factory=dict)
     # Evaluations averaged into each task's accuracy (e.g. the last 3 checkpoints on the same items), or None.
     evaluations: np.ndarray | None = None
+    # A loss per task: task -> its loss column (then `loss` is (tasks, runs)); None for one shared loss.
+    loss_columns: dict[str, str] | None = None
 
     def __len__(self) -> int:
-        return len(self.loss)
+        return self.loss.shape[-1]
+
+    @property
+    def per_task_loss(self) -> bool:
+        return self.loss.ndim == 2
 
     @property
     def loss_mask(self) -> np.ndarray:
@@ -109,7 +122,22 @@ class DownstreamRuns:
 
     @property
     def finished_mask(self) -> np.ndarray:
-        return np.ones(len(self.loss), bool) if self.finished is None else np.asarray(self.finished, bool)
+        return np.ones(len(self), bool) if self.finished is None else np.asarray(self.finished, bool)
+
+    @property
+    def loss_scale(self) -> np.ndarray:
+        """What each task's link reads its loss relative to: with a loss per task, the geometric mean of that
+        task's measured losses, (tasks, 1); with one shared loss, 1 (the link reads the loss as it is)."""
+        if not self.per_task_loss:
+            return np.ones((1, 1))
+        logs = np.where(self.loss_mask, np.log(np.where(self.loss_mask, self.loss, 1.0)), 0.0)
+        return np.exp(logs.sum(axis=1) / np.maximum(self.loss_mask.sum(axis=1), 1))[:, None]
+
+    @property
+    def link_loss(self) -> np.ndarray:
+        """The measured losses as each task's link reads them, (1 or tasks, runs), NaN where not measured."""
+        loss = np.where(self.loss_mask, self.loss, np.nan)
+        return (loss if self.per_task_loss else loss[None, :]) / self.loss_scale
 
     @property
     def law_mask(self) -> np.ndarray:
@@ -143,7 +171,7 @@ def downstream_runs(
     loss_law: Law,
     *,
     tasks: Sequence[str],
-    loss_column: str | None = "loss",
+    loss_column: str | Mapping[str, str] | None = "loss",
     columns: Mapping[str, str] | None = None,
     items: Mapping[str, int] | Sequence[int] | None = None,
     chance: Mapping[str, float] | Sequence[float] | None = None,
@@ -165,7 +193,9 @@ def downstream_runs(
     mean (within half a percentage point), so wrong weights are caught.
     `evaluations`: per task, how many evaluations on the same items each accuracy averages (e.g. the last
     few checkpoints); the accuracy is then a fraction of items x evaluations answers, counted as such with
-    the Beta-Binomial's extra-binomial spread absorbing the evaluations' correlation. Needs `items`."""
+    the Beta-Binomial's extra-binomial spread absorbing the evaluations' correlation. Needs `items`.
+    `loss_column={task: column}`: a loss per task (each task's own bits-per-byte or cross-entropy; empty cells
+    are losses not measured), every task named; then `loss` is (tasks, runs)."""
     table = read_table(source)
     tasks = tuple(str(t) for t in tasks)
     if not tasks:
@@ -175,7 +205,15 @@ def downstream_runs(
     unknown = [t for t in tasks if t not in table.columns]
     if unknown:
         raise DataError(f"task columns {unknown} are not in the table; columns are: {', '.join(map(str, table.columns))}")
-    if loss_column is not None and loss_column not in table.columns:
+    loss_columns = None
+    if isinstance(loss_column, Mapping):
+        loss_columns = {str(t): str(c) for t, c in loss_column.items()}
+        _per_task(loss_columns, tasks, "loss_column")  # every task named, no other
+        loss_column = None
+        absent = sorted({c for c in loss_columns.values() if c not in table.columns})
+        if absent:
+            raise DataError(f"loss columns {absent} are not in the table; columns are: {', '.join(map(str, table.columns))}")
+    elif loss_column is not None and loss_column not in table.columns:
         raise DataError(f"loss column {loss_column!r} is not in the table; columns are: {', '.join(map(str, table.columns))}")
     inputs = runs_from_table(table, loss_law, columns=columns, y=None, allow_repeats=allow_repeats)
     labels = inputs.labels
@@ -189,15 +227,27 @@ def downstream_runs(
             raise DataError(f"column {column!r} ({role}) has infinite values at rows {_rows(labels, np.isinf(values))}")
         return values
 
-    loss = np.full(len(table), np.nan) if loss_column is None else numeric(loss_column, "loss")
-    bad = loss <= 0
-    if bad.any():
-        raise DataError(f"loss column {loss_column!r} must be positive; non-positive at rows {_rows(labels, bad)}")
-    if np.isnan(loss).all():
-        raise DataError(
-            "no run has a loss: the loss law cannot be fitted from accuracies alone; give loss_column with at "
-            "least a few measured losses"
-        )
+    if loss_columns is not None:
+        loss = np.stack([numeric(loss_columns[t], f"loss of task {t}") for t in tasks])
+        for t, row in zip(tasks, loss):
+            bad = row <= 0
+            if bad.any():
+                raise DataError(f"loss column {loss_columns[t]!r} (task {t}) must be positive; non-positive at rows "
+                                f"{_rows(labels, bad)}")
+        unmeasured = [f"{t} ({loss_columns[t]!r})" for t, row in zip(tasks, loss) if np.isnan(row).all()]
+        if unmeasured:
+            raise DataError(f"loss columns of tasks {unmeasured} have no value: each task's loss law needs some of "
+                            "its measured losses")
+    else:
+        loss = np.full(len(table), np.nan) if loss_column is None else numeric(loss_column, "loss")
+        bad = loss <= 0
+        if bad.any():
+            raise DataError(f"loss column {loss_column!r} must be positive; non-positive at rows {_rows(labels, bad)}")
+        if np.isnan(loss).all():
+            raise DataError(
+                "no run has a loss: the loss law cannot be fitted from accuracies alone; give loss_column with at "
+                "least a few measured losses"
+            )
     accuracy = np.stack([numeric(t, "accuracy") for t in tasks])
     for t, row in zip(tasks, accuracy):
         bad = (row < 0) | (row > 1)
@@ -206,13 +256,16 @@ def downstream_runs(
                 f"task column {t!r}: accuracy must be a fraction in [0, 1]; outside at rows {_rows(labels, bad)} "
                 f"(values {', '.join(f'{v:g}' for v in row[bad][:4])}); percentages must be divided by 100"
             )
-    empty = np.isnan(loss) & np.isnan(accuracy).all(axis=0)
+    empty = np.isnan(loss).all(axis=0) if loss.ndim == 2 else np.isnan(loss)
+    empty &= np.isnan(accuracy).all(axis=0)
     if empty.any():
         raise DataError(f"rows {_rows(labels, empty)} have neither a loss nor any task accuracy; remove them")
     finished_mask = None
     if finished is not None:
         finished_mask = boolean_column(table, finished, "finished-run", "True = a finished run, False = link only")
-        blind = ~finished_mask & np.isnan(loss)
+        # A link-only row's accuracy on a task is read at its measured loss (that task's, with a loss per task).
+        unread = (np.isnan(loss) if loss.ndim == 2 else np.isnan(loss)[None, :]) & ~np.isnan(accuracy)
+        blind = ~finished_mask & (unread.any(axis=0) if loss.ndim == 2 else np.isnan(loss))
         if blind.any():
             raise DataError(f"link-only rows (column {finished!r} False) need a measured loss, the link's input; "
                             f"missing at rows {_rows(labels, blind)}")
@@ -265,7 +318,7 @@ def downstream_runs(
     return DownstreamRuns(
         x=inputs.x, loss=loss, accuracy=accuracy, tasks=tasks, items=item_values, chance=chance_values,
         labels=labels, sources=inputs.sources, loss_column=loss_column, finished=finished_mask,
-        composites=composite_weights, evaluations=evaluation_values,
+        composites=composite_weights, evaluations=evaluation_values, loss_columns=loss_columns,
     )
 
 
@@ -339,6 +392,13 @@ class ChainSpec:
     shared: tuple[str, ...] = ()  # link parameters with one value for every task
     run_effect: bool = False  # a logit offset shared by all tasks of a run
     centered: tuple[float, ...] | None = None  # per task: 1 = pooled values sampled centered (`informative_tasks`)
+    # A loss per task: how the loss law's parameters vary across tasks (a `Grouping` over "task"); None for
+    # one shared loss.
+    loss_grouping: Grouping | None = None
+
+    @property
+    def per_task_loss(self) -> bool:
+        return self.loss_grouping is not None
 
     def pooled(self, name: str, task_stats: Mapping[str, Any]) -> bool:
         """A link parameter is pooled across tasks unless its prior is task-level (`task_level`)."""
@@ -454,7 +514,7 @@ def chain_model(spec: ChainSpec):
     # Laws hold dicts (unhashable): key on their identity, and keep the spec to check it is the same one.
     level_slope = saturating.ENABLED
     key = (id(spec.loss_law), id(spec.link), spec.loss_likelihood, spec.metric_likelihood, spec.pooling, spec.shared,
-           spec.run_effect, spec.centered, level_slope)
+           spec.run_effect, spec.centered, level_slope, spec.loss_grouping)
     if key in _MODELS and _MODELS[key][0].loss_law is spec.loss_law and _MODELS[key][0].link is spec.link:
         return _MODELS[key][1]
     law, link, metric_lik = spec.loss_law, spec.link, spec.metric_likelihood
@@ -463,12 +523,23 @@ def chain_model(spec: ChainSpec):
               law_mask=None):
         # `law_mask`: rows whose loss the loss law describes (finished runs); link-only rows (checkpoints) feed
         # their measured loss to the link and are left out of the loss law, its priors and its pivots.
-        params = sample_params(law, loss_stats, x, law_mask, level_slope)
-        noise = spec.loss_likelihood.sample_noise(loss_stats)
-        law_loss = law.mean(params, x)
-        num_runs = law_loss.shape[0]
-        with numpyro.plate("run", num_runs):
-            z = numpyro.sample("_loss_z", dist.Normal(0.0, 1.0))
+        num_tasks = task_stats["chance"].shape[0]
+        if spec.per_task_loss:
+            # Each task's loss law, pooled across tasks (arrays (tasks, runs)); a noise scale per task.
+            params = sample_grouped_params(law, spec.loss_grouping, loss_stats, x, num_tasks)
+            varying = set(spec.loss_grouping.varying())
+            law_loss = law.mean({k: (v[:, None] if k in varying else v) for k, v in params.items()}, x)
+            law_loss = jnp.broadcast_to(law_loss, (num_tasks, law_loss.shape[-1]))  # every parameter shared: one law
+            with numpyro.plate("task", num_tasks):
+                noise = {k: v[:, None] for k, v in spec.loss_likelihood.sample_noise(loss_stats).items()}
+            z = numpyro.sample("_loss_z", dist.Normal(jnp.zeros(law_loss.shape), 1.0).to_event(2))
+        else:
+            params = sample_params(law, loss_stats, x, law_mask, level_slope)
+            noise = spec.loss_likelihood.sample_noise(loss_stats)
+            law_loss = law.mean(params, x)
+            with numpyro.plate("run", law_loss.shape[0]):
+                z = numpyro.sample("_loss_z", dist.Normal(0.0, 1.0))
+        num_runs = law_loss.shape[-1]
         latent = law_loss * jnp.exp(noise["sigma"] * z)
         if loss is not None:
             with handlers.mask(mask=loss_mask if law_mask is None else law_mask):
@@ -476,8 +547,9 @@ def chain_model(spec: ChainSpec):
             run_loss = jnp.where(loss_mask, loss, latent)
         else:
             run_loss = latent
+        # Each task's link reads its loss relative to the task's scale (1 with one shared loss): (1 or tasks, runs).
+        run_loss = (run_loss if spec.per_task_loss else run_loss[None, :]) / task_stats["loss_scale"]
 
-        num_tasks = task_stats["chance"].shape[0]
         link_params = {
             name: _sample_task_param(name, resolve_prior(p.prior, task_stats), spec.pooled(name, task_stats), num_tasks,
                                      shared=name in spec.shared, centered=spec.centered)
@@ -487,7 +559,7 @@ def chain_model(spec: ChainSpec):
         if metric_lik.has_concentration:
             prior = resolve_prior(metric_lik.phi_prior, task_stats)
             phi = _sample_task_param("phi", prior, spec.pooling == "partial", num_tasks, centered=spec.centered)[:, None]
-        value = link.mean({k: v[:, None] for k, v in link_params.items()}, {"L": run_loss[None, :]})
+        value = link.mean({k: v[:, None] for k, v in link_params.items()}, {"L": run_loss})
         p_correct = correct_from_output(link.output, value)
         if spec.run_effect:
             p_correct = shift_by_run(p_correct, _sample_run_effect(num_runs)[None, :])
@@ -504,15 +576,29 @@ def chain_model(spec: ChainSpec):
 def model_inputs(runs: DownstreamRuns, metric_likelihood: MetricLikelihood) -> tuple[tuple, dict]:
     loss_mask, law_mask = runs.loss_mask, runs.law_mask
     x = {k: jnp.asarray(v) for k, v in runs.x.items()}
-    loss_stats = data_stats(jnp.asarray(np.where(law_mask, runs.loss, 1.0)), jnp.asarray(law_mask), x)
+    filled = np.where(law_mask, runs.loss, 1.0)
+    if runs.per_task_loss:
+        # The loss law's data: every finished (task, run) cell; where the runs lie on each input: the runs with a
+        # finished loss on any task; each task's smallest and largest loss for its own floor (grouped priors).
+        loss_stats = data_stats(jnp.asarray(filled.ravel()), jnp.asarray(law_mask.ravel()))
+        used = jnp.asarray(law_mask.any(axis=0))
+        loss_stats["x_log_mean"] = {k: log_geometric_mean(v, used) for k, v in x.items()}
+        loss_stats["group_y_min"] = jnp.asarray(np.where(law_mask, runs.loss, np.inf).min(axis=1))
+        loss_stats["group_y_max"] = jnp.asarray(np.where(law_mask, runs.loss, -np.inf).max(axis=1))
+    else:
+        loss_stats = data_stats(jnp.asarray(filled), jnp.asarray(law_mask), x)
+    link_loss = runs.link_loss
     acc = np.where(runs.metric_mask, runs.accuracy, np.nan)
     with np.errstate(all="ignore"):
         task_stats = {
             "chance": jnp.asarray(runs.chance),
             "y_min": jnp.asarray(np.nanmin(np.where(np.isnan(acc), np.inf, acc), axis=1)),
             "y_max": jnp.asarray(np.nanmax(np.where(np.isnan(acc), -np.inf, acc), axis=1)),
-            # The link's input is the loss: where the measured losses lie, for priors in the loss's units.
-            "x_log_mean": {"L": log_geometric_mean(jnp.asarray(np.where(loss_mask, runs.loss, 1.0)), jnp.asarray(loss_mask))},
+            # The link's input is the loss (relative to each task's scale with a loss per task): where the measured
+            # losses lie, for priors in the loss's units.
+            "x_log_mean": {"L": log_geometric_mean(jnp.asarray(np.nan_to_num(link_loss, nan=1.0)),
+                                                   jnp.asarray(~np.isnan(link_loss)))},
+            "loss_scale": jnp.asarray(runs.loss_scale),
         }
     kwargs = {
         "loss": jnp.asarray(np.where(loss_mask, runs.loss, 1.0)),
@@ -525,15 +611,31 @@ def model_inputs(runs: DownstreamRuns, metric_likelihood: MetricLikelihood) -> t
     return (x, loss_stats, task_stats), kwargs
 
 
-def chain_values(spec: ChainSpec, samples, x, run_loss=None):
-    """From posterior draws: the law's mean loss (draws, points) and, given each run's loss (draws, points),
-    the link's value for every task (draws, tasks, points)."""
+def chain_values(spec: ChainSpec, samples, x, run_loss=None, loss_scale=None):
+    """From posterior draws: the law's mean loss (draws, points), or (draws, tasks, points) with a loss per
+    task, and, given each run's loss in that shape, the link's value for every task (draws, tasks, points);
+    `loss_scale` (`DownstreamRuns.loss_scale`) is what each task's link reads its loss relative to."""
     law_params = {k: jnp.asarray(samples[k]) for k in spec.loss_law.params}
-    law_mean = jax.vmap(lambda p: spec.loss_law.mean(p, x))(law_params)
+    if spec.per_task_loss:
+        varying = set(spec.loss_grouping.varying())
+        law_mean = jax.vmap(lambda p: spec.loss_law.mean({k: (v[:, None] if k in varying else v) for k, v in p.items()},
+                                                         x))(law_params)
+        if law_mean.ndim == 2:  # every parameter shared by the tasks: one law, the same for each task
+            law_mean = jnp.broadcast_to(law_mean[:, None, :], (law_mean.shape[0], np.shape(samples["sigma"])[1],
+                                                                law_mean.shape[1]))
+    else:
+        law_mean = jax.vmap(lambda p: spec.loss_law.mean(p, x))(law_params)
     if run_loss is None:
         return law_mean, None
     link_params = {k: jnp.asarray(samples[k])[:, :, None] for k in spec.link.params}
-    return law_mean, spec.link.mean(link_params, {"L": run_loss[:, None, :]})
+    per_task = run_loss if spec.per_task_loss else run_loss[:, None, :]
+    scale = 1.0 if loss_scale is None else jnp.asarray(loss_scale)[None]
+    return law_mean, spec.link.mean(link_params, {"L": per_task / scale})
+
+
+def _loss_noise(spec: ChainSpec, samples) -> dict:
+    """The loss noise's draws shaped to broadcast against the law's mean: (draws, 1) or (draws, tasks, 1)."""
+    return {k: jnp.asarray(samples[k])[..., None] for k in spec.loss_likelihood.noise_names}
 
 
 # ----------------------------------------------------------------- fit ----
@@ -580,15 +682,16 @@ def _replicate(spec: ChainSpec, samples, runs: DownstreamRuns, key) -> dict[str,
     key_loss, key_metric = jax.random.split(key)
     x = {k: jnp.asarray(v) for k, v in runs.x.items()}
     law_mean, _ = chain_values(spec, samples, x)
-    noise = {k: jnp.asarray(samples[k]) for k in spec.loss_likelihood.param_names}
-    latent = law_mean * jnp.exp(noise["sigma"][:, None] * jnp.asarray(samples["_loss_z"]))
+    noise = _loss_noise(spec, samples)
+    latent = law_mean * jnp.exp(noise["sigma"] * jnp.asarray(samples["_loss_z"]))
     run_loss = jnp.where(jnp.asarray(runs.loss_mask), jnp.asarray(np.nan_to_num(runs.loss, nan=1.0)), latent)
-    _, value = chain_values(spec, samples, x, run_loss)
+    _, value = chain_values(spec, samples, x, run_loss, runs.loss_scale)
     p_correct = correct_from_output(spec.link.output, value)
     if spec.run_effect:
         p_correct = shift_by_run(p_correct, jnp.asarray(samples["run_effect"])[:, None, :])
     accuracy = _new_accuracy(spec, samples, runs, p_correct, key_metric)
-    return {"loss": np.asarray(spec.loss_likelihood.sample_new(key_loss, law_mean, noise)), "metric": accuracy}
+    loss = spec.loss_likelihood.distribution(law_mean, noise).sample(key_loss)
+    return {"loss": np.asarray(loss), "metric": accuracy}
 
 
 def _new_accuracy(spec: ChainSpec, samples, runs: DownstreamRuns, p_correct, key) -> np.ndarray:
@@ -609,7 +712,10 @@ def _to_datatree(draws, model, spec: ChainSpec, args, kwargs, runs: DownstreamRu
     prior = prior_draws(model, key_prior, args, kwargs, num_prior_draws)
     ppc = _replicate(spec, flat, runs, key_ppc)
     task_names = [*model.link_params, "phi"]
-    task_dims = {"_loss_z": ["run"], "_run_effect_z": ["run"], "run_effect": ["run"]}
+    loss_dims = ["task", "run"] if spec.per_task_loss else ["run"]
+    task_dims = {"_loss_z": loss_dims, "_run_effect_z": ["run"], "run_effect": ["run"]}
+    if spec.per_task_loss:  # each task's loss law and noise scale
+        task_names += [*spec.loss_grouping.varying(), *spec.loss_likelihood.noise_names]
     for name in task_names:
         task_dims[name] = ["task"]
         task_dims[f"_{name}_z"] = ["task"]
@@ -630,7 +736,7 @@ def _to_datatree(draws, model, spec: ChainSpec, args, kwargs, runs: DownstreamRu
             "constant_data": constant,
         },
         coords={"run": run_coordinate(runs.labels), "task": list(runs.tasks)},
-        dims={"loss": ["run"], "metric": ["task", "run"], "chance": ["task"], "items": ["task"], "finished": ["run"],
+        dims={"loss": loss_dims, "metric": ["task", "run"], "chance": ["task"], "items": ["task"], "finished": ["run"],
               **{k: ["run"] for k in runs.x}, **task_dims},
     )
 
@@ -641,7 +747,7 @@ def fit_downstream(
     tasks: Sequence[str] = (),
     loss_law: str | Law = "chinchilla",
     link: str | Law = "link_sigmoid",
-    loss_column: str | None = "loss",
+    loss_column: str | Mapping[str, str] | None = "loss",
     columns: Mapping[str, str] | None = None,
     items: Mapping[str, int] | Sequence[int] | None = None,
     chance: Mapping[str, float] | Sequence[float] | None = None,
@@ -664,6 +770,8 @@ def fit_downstream(
     centering: str = "auto",
     composites: Mapping[str, Mapping[str, float] | Sequence[str]] | None = None,
     evaluations: Mapping[str, int] | Sequence[int] | None = None,
+    loss_pooling: str | Mapping[str, str] = "partial",
+    loss_shared: Sequence[str] = (),
 ) -> DownstreamFit:
     """Fit loss law and link to one table of runs: inputs of the loss law (N, D, ...; `columns` maps them),
     a `loss_column` and one accuracy column per task in `tasks` (fractions; empty cells are missing).
@@ -692,6 +800,11 @@ def fit_downstream(
     `centering`: how pooled task-level values are sampled: "auto" (centered for the tasks whose accuracies
     move well beyond their noise, `informative_tasks`; non-centered for the others), "noncentered" or
     "centered" for every task.
+    `loss_column={task: column}`: a loss per task (module docstring): each task's loss law has its own
+    parameters, pooled across tasks as `loss_pooling` ("partial", "independent", "shared" or {parameter:
+    level}, as `fit(group=...)`'s `pooling`) and `loss_shared` (parameters with one value for every task,
+    e.g. the exponents) say, and its own noise scale; each task's link reads its loss relative to the task's
+    geometric-mean loss.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -719,6 +832,13 @@ def fit_downstream(
     bad = sorted(set(shared) - set(link.params))
     if bad:
         raise KeyError(f"shared names {bad}, which are not parameters of link {link.name!r} ({list(link.params)})")
+    loss_grouping = None
+    if runs.per_task_loss:
+        from bayescale.grouping import make_grouping
+
+        loss_grouping = make_grouping(loss_law, "task", pooling=loss_pooling, shared=loss_shared)
+    elif loss_shared or loss_pooling != "partial":
+        raise ValueError("loss_pooling and loss_shared apply to a loss per task (loss_column={task: column})")
     args, kwargs = model_inputs(runs, metric_likelihood)
     per_task = [n for n in shared if task_level(link.params[n].prior, args[2])]
     if per_task:
@@ -728,7 +848,7 @@ def fit_downstream(
     centered = {"auto": informative_tasks(runs), "noncentered": None,
                 "centered": (1.0,) * len(runs.tasks)}[centering]
     spec = ChainSpec(loss_law, link, loss_likelihood, metric_likelihood, pooling, tuple(shared), bool(run_effect),
-                     centered)
+                     centered, loss_grouping)
     settings = settings or SamplerSettings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains)
 
     model = chain_model(spec)
@@ -755,11 +875,10 @@ def link_prior_check(spec: ChainSpec, runs: DownstreamRuns, prior: Mapping[str, 
     unit, a ceiling below the data) cannot reach it."""
     link = spec.link
     params = {name: np.asarray(prior[name], float)[:, :, None] for name in link.params}
-    loss = np.where(runs.loss_mask, runs.loss, np.nan)
-    value = np.asarray(link.mean(params, {"L": loss[None, None, :]}))
+    value = np.asarray(link.mean(params, {"L": runs.link_loss[None]}))
     expected = np.asarray(correct_from_output(link.output, value))
     lo, hi = np.nanquantile(expected, band[0], axis=0), np.nanquantile(expected, band[1], axis=0)
-    checked = runs.metric_mask & runs.loss_mask[None, :]
+    checked = runs.metric_mask & ~np.isnan(runs.link_loss)
     observed = np.where(checked, runs.accuracy, np.nan)
     # The band is of the expected accuracy; an observed fraction also carries its sampling noise (1.0 on a
     # task of 500 items is what p = 0.995 gives), so it counts as outside only beyond 3 binomial sds
@@ -806,7 +925,7 @@ class DownstreamPrediction:
     when asked for (`predict(..., error=True)`, `output` "error")."""
 
     points: pd.DataFrame
-    loss: np.ndarray
+    loss: np.ndarray  # (draws, points); (draws, tasks, points) with a loss per task
     metric: dict[str, np.ndarray]
     new_run: dict[str, np.ndarray]
     output: str
@@ -823,9 +942,14 @@ class DownstreamPrediction:
         return np.mean([self.new_run[t] for t in self.tasks], axis=0)
 
     def quantiles(self, q: Sequence[float] = (0.05, 0.5, 0.95), new_run: bool = True) -> pd.DataFrame:
-        """One row per (point, quantity): the loss, the average over tasks, each task and each composite."""
+        """One row per (point, quantity): the loss (each task's, "loss[task]", with a loss per task), the average
+        over tasks, each task and each composite."""
         rows = []
-        series = {"loss": self.loss, "average": self.average_new_run if new_run else self.average}
+        if self.loss.ndim == 3:  # a loss per task
+            series = {f"loss[{t}]": self.loss[:, i, :] for i, t in enumerate(self.tasks)}
+        else:
+            series = {"loss": self.loss}
+        series["average"] = self.average_new_run if new_run else self.average
         series.update(self.new_run if new_run else self.metric)
         for i in range(len(self.points)):
             point = self.points.iloc[i].to_dict()
@@ -851,7 +975,8 @@ def predict_downstream(fit: DownstreamFit, at, *, seed: int = 0, loss: Sequence[
     """Loss and every task's metric at new inputs `at` ({"N": 6.9e9, "D": 1.4e11} or a DataFrame), as
     posterior draws. `loss=`: known losses of those runs, to predict the metrics from a measured loss.
     Metrics are accuracies (the fraction answered correctly) whatever the link's own output; `error=True`
-    gives 1 - accuracy instead (`DownstreamPrediction.output` says which)."""
+    gives 1 - accuracy instead (`DownstreamPrediction.output` says which). With a loss per task, `loss` of the
+    prediction is (draws, tasks, points): each task's new loss, from which its accuracy follows."""
     points = points_from_mapping(at, fit.loss_law)
     samples = posterior_draws(fit)
     spec = fit.spec
@@ -859,17 +984,19 @@ def predict_downstream(fit: DownstreamFit, at, *, seed: int = 0, loss: Sequence[
     key_loss, key_metric = jax.random.split(jax.random.PRNGKey(seed))
     law_mean, _ = chain_values(spec, samples, x)
     if loss is None:
-        noise = {k: jnp.asarray(samples[k]) for k in spec.loss_likelihood.param_names}
-        new_loss = spec.loss_likelihood.sample_new(key_loss, law_mean, noise)
+        new_loss = spec.loss_likelihood.distribution(law_mean, _loss_noise(spec, samples)).sample(key_loss)
+    elif spec.per_task_loss:
+        raise ValueError("this chain has a loss per task: predict from its loss laws (loss=None); predicting from "
+                         "known losses needs one per task and point, which predict does not take yet")
     else:
         loss = np.broadcast_to(np.asarray(loss, float), (len(points),))
         new_loss = jnp.broadcast_to(jnp.asarray(loss), law_mean.shape)
-    _, value = chain_values(spec, samples, x, new_loss)                                # (draws, tasks, points)
+    _, value = chain_values(spec, samples, x, new_loss, fit.runs.loss_scale)           # (draws, tasks, points)
     p_correct = correct_from_output(spec.link.output, value)
     expected = np.asarray(p_correct)
     if spec.run_effect:
         key_metric, key_run = jax.random.split(key_metric)
-        offset = jnp.asarray(samples["run_effect_sd"])[:, None] * jax.random.normal(key_run, law_mean.shape)
+        offset = jnp.asarray(samples["run_effect_sd"])[:, None] * jax.random.normal(key_run, (law_mean.shape[0], len(points)))
         p_correct = shift_by_run(p_correct, offset[:, None, :])
     accuracy = _new_accuracy(spec, samples, fit.runs, p_correct, key_metric)
     if error:
@@ -953,6 +1080,8 @@ def save_downstream(fit: DownstreamFit, path: str | Path) -> Path:
         "labels": [str(v) for v in fit.runs.labels],
         "sources": fit.runs.sources,
         "loss_column": fit.runs.loss_column,
+        "loss_columns": fit.runs.loss_columns,
+        "loss_grouping": None if spec.loss_grouping is None else spec.loss_grouping.to_dict(),
         "settings": fit.settings.to_dict(),
         "seed": fit.seed,
         "map": fit.map,
@@ -994,7 +1123,8 @@ def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law 
     link = link.with_priors({k: v for k, v in priors.items() if k in link.params})
     spec = ChainSpec(loss_law, link, Likelihood(**meta["loss_likelihood"]),
                      MetricLikelihood(**meta["metric_likelihood"]), meta["pooling"], tuple(meta["shared"]), meta["run_effect"],
-                     None if meta.get("centered") is None else tuple(meta["centered"]))
+                     None if meta.get("centered") is None else tuple(meta["centered"]),
+                     None if meta.get("loss_grouping") is None else Grouping.from_dict(meta["loss_grouping"]))
     constant = dt.constant_data
     runs = DownstreamRuns(
         x={k: np.asarray(constant[k]) for k in loss_law.inputs},
@@ -1009,6 +1139,7 @@ def load_downstream(path: str | Path, *, loss_law: Law | None = None, link: Law 
         finished=np.asarray(constant["finished"]).astype(bool) if "finished" in constant else None,
         composites=meta.get("composites") or {},
         evaluations=None if meta.get("evaluations") is None else np.asarray(meta["evaluations"], int),
+        loss_columns=meta.get("loss_columns"),
     )
     return DownstreamFit(spec=spec, data=dt, runs=runs, diagnostics=check_convergence(dt, params=_checked_params(dt)),
                          settings=SamplerSettings(**meta["settings"]), seed=meta["seed"], map=meta["map"])
