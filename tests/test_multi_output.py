@@ -82,7 +82,34 @@ def test_data_mixing_law_declaration():
         data_mixing_law(("web",))
 
 
+# ----------------------------------------------------------------- model ----
+def test_each_output_cell_is_observed_under_its_own_outputs_parameters():
+    """One draw of a multi-output fit's model, traced (no sampling): each cell's likelihood term is the law at
+    that output's own parameters with the shared sigma."""
+    from numpyro import handlers
+
+    from bayescale.fit import model_for, model_inputs
+    from bayescale.grouping import make_grouping
+    from bayescale.likelihood import as_likelihood
+    from bayescale.runs import OUTPUT_COLUMN, runs_from_table
+
+    table = mixing_table(num_runs=8, seed=4)
+    runs = runs_from_table(outputs_long(table, OUTPUTS), DATA_MIXING, group=OUTPUT_COLUMN)
+    grouping = make_grouping(DATA_MIXING, OUTPUT_COLUMN, pooling="independent", outputs=True)
+    model = model_for(DATA_MIXING, as_likelihood("normal", None, grouped=True, law=DATA_MIXING), grouping)
+    args, kwargs = model_inputs(runs)
+    trace = handlers.trace(handlers.seed(model, 1)).get_trace(*args, **kwargs)
+    params = {n: np.asarray(trace[n]["value"]) for n in DATA_MIXING.params}
+    assert all(v.shape == (3,) for v in params.values())
+    mean = np.asarray(DATA_MIXING.mean({k: v[runs.groups] for k, v in params.items()}, runs.x))
+    sigma = float(trace["sigma"]["value"])
+    expected = -np.log(runs.y * sigma * np.sqrt(2 * np.pi)) - (np.log(runs.y) - np.log(mean)) ** 2 / (2 * sigma**2)
+    site = next(n for n, s in trace.items() if s["type"] == "sample" and s.get("is_observed"))
+    np.testing.assert_allclose(np.asarray(trace[site]["fn"].log_prob(trace[site]["value"])), expected, rtol=1e-9)
+
+
 # ------------------------------------------------------------------- fit ----
+# Fits (one compilation, ~35 s cold on 2 cores) are in the slow tier: the default run is at its time budget.
 @pytest.fixture(scope="module")
 def small_fit():
     table = mixing_table(num_runs=16, seed=3)
@@ -92,6 +119,7 @@ def small_fit():
                              num_chains=2, seed=0, misfit_checks=False)
 
 
+@pytest.mark.slow
 def test_multi_output_fit_is_one_joint_posterior_per_output(small_fit):
     table, fit = small_fit
     assert fit.grouping.outputs and list(fit.runs.group_labels) == OUTPUTS
@@ -109,6 +137,7 @@ def test_multi_output_fit_is_one_joint_posterior_per_output(small_fit):
     assert np.all(np.argmin(contrasts.mean(axis=0), axis=1) == [0, 1, 2])
 
 
+@pytest.mark.slow
 def test_multi_output_predict_gives_every_output_from_the_same_draws(small_fit):
     table, fit = small_fit
     at = {"r1": [0.6, 0.1], "r2": [0.2, 0.1], "r3": [0.2, 0.8]}
@@ -127,6 +156,7 @@ def test_multi_output_predict_gives_every_output_from_the_same_draws(small_fit):
     assert one.mean.shape == (600, 1)
 
 
+@pytest.mark.slow
 def test_multi_output_fit_saves_and_loads(small_fit, tmp_path):
     _, fit = small_fit
     path = bs.save(fit, tmp_path / "mix.nc")
@@ -136,6 +166,7 @@ def test_multi_output_fit_saves_and_loads(small_fit, tmp_path):
     np.testing.assert_allclose(loaded.predict(at, seed=2).mean, fit.predict(at, seed=2).mean)
 
 
+@pytest.mark.slow
 def test_cli_fits_several_output_columns(tmp_path, capsys):
     from bayescale.cli import main
 
