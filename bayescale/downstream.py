@@ -263,9 +263,10 @@ def downstream_runs(
     finished_mask = None
     if finished is not None:
         finished_mask = boolean_column(table, finished, "finished-run", "True = a finished run, False = link only")
-        # A link-only row's accuracy on a task is read at its measured loss (that task's, with a loss per task).
-        unread = (np.isnan(loss) if loss.ndim == 2 else np.isnan(loss)[None, :]) & ~np.isnan(accuracy)
-        blind = ~finished_mask & (unread.any(axis=0) if loss.ndim == 2 else np.isnan(loss))
+        # A link-only row's accuracies are read at its measured loss; with a loss per task, at the loss of each
+        # task it has an accuracy for.
+        unmeasured = (np.isnan(loss) & ~np.isnan(accuracy)).any(axis=0) if loss.ndim == 2 else np.isnan(loss)
+        blind = ~finished_mask & unmeasured
         if blind.any():
             raise DataError(f"link-only rows (column {finished!r} False) need a measured loss, the link's input; "
                             f"missing at rows {_rows(labels, blind)}")

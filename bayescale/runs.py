@@ -91,7 +91,10 @@ def _rows(labels: np.ndarray, bad: np.ndarray, limit: int = 8) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-def _numeric_column(table: pd.DataFrame, column: str, role: str, labels: np.ndarray) -> np.ndarray:
+def _numeric_column(table: pd.DataFrame, column: str, role: str, labels: np.ndarray,
+                    allow_missing: bool = False) -> np.ndarray:
+    """The column as floats, refused by name and rows where it is not real numbers; empty cells are NaN when
+    `allow_missing`, an error otherwise."""
     if column not in table.columns:
         raise DataError(
             f"column {column!r} ({role}) is not in the table; columns are: {', '.join(map(str, table.columns))}"
@@ -115,7 +118,7 @@ def _numeric_column(table: pd.DataFrame, column: str, role: str, labels: np.ndar
     if text.any():
         raise DataError(f"column {column!r} ({role}) is not numeric at rows {_rows(labels, text)}")
     missing = np.isnan(values)
-    if missing.any():
+    if missing.any() and not allow_missing:
         raise DataError(f"column {column!r} ({role}) has missing values (NaN) at rows {_rows(labels, missing)}")
     infinite = np.isinf(values)
     if infinite.any():
@@ -414,9 +417,7 @@ def outputs_long(source: pd.DataFrame | str | Path, outputs: Sequence[str], valu
     labels = np.asarray(table.index)
     values = {}
     for o in outputs:
-        series = table[o]
-        values[o] = _numeric_column(table.assign(**{o: series.fillna(1.0)}), o, f"output {o}", labels).copy()
-        values[o][series.isna().to_numpy()] = np.nan
+        values[o] = _numeric_column(table, o, f"output {o}", labels, allow_missing=True)
         if np.isnan(values[o]).all():
             raise DataError(f"output column {o!r} has no value in any row")
     present = np.stack([~np.isnan(values[o]) for o in outputs])
