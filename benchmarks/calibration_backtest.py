@@ -44,8 +44,12 @@ median relative error no more than 10% worse than `none`.
 Replicates (`--replicate r`, added after the default was chosen, to see how far one draw of 8 ladders per
 setting moves the simulated coverage): the same design and cuts on fresh simulated data sets (seeds 1000 r + i)
 with sampler seed r, stored as the variant `<name>/replicate<r>`; the decision rule does not read them.
+Real-data sampler seeds (`--real-seed s`, added after the default was chosen, to see how far the sampler's
+Monte Carlo error moves the thin real-data margins): the real part refitted with sampler seed s, stored as
+`<name>/seed<s>`; the decision rule does not read them either.
 
     python benchmarks/calibration_backtest.py [--variants none rw] [--parts real simulated] [--sets 8] [--replicate 0]
+        [--real-seed 0]
 
 writes benchmarks/results/calibration_backtest.{json,md} (merging with what is there, by variant and part).
 """
@@ -131,14 +135,15 @@ def simulate(setting: str, seed: int) -> pd.DataFrame:
 SETTINGS = ("wrong_family", "grouped_noise", "exponent_drift")
 
 
-def run_variant(name: str, parts, sets: int, warmup: int, draws: int, replicate: int = 0) -> dict:
+def run_variant(name: str, parts, sets: int, warmup: int, draws: int, replicate: int = 0, real_seed: int = 0) -> dict:
     spec = VARIANTS[name]
     out = {}
     if "real" in parts:
         tables = []
         for label, table, law, columns, y in real_sets():
             t0 = time.perf_counter()
-            bt = backtest(table, law, columns=columns, y=y, cuts=CUTS, num_warmup=warmup, num_samples=draws, seed=0, **spec)
+            bt = backtest(table, law, columns=columns, y=y, cuts=CUTS, num_warmup=warmup, num_samples=draws, seed=real_seed,
+                          **spec)
             seconds = time.perf_counter() - t0
             frame = bt.table.assign(dataset=label)
             tables.append(frame)
@@ -184,18 +189,23 @@ def main():
     parser.add_argument("--replicate", type=int, default=0,
                         help="0: the design's data sets and sampler seed; r > 0: fresh simulated data sets (seeds "
                              "1000 r + i) and sampler seed r, stored as the variant '<name>/replicate<r>'")
+    parser.add_argument("--real-seed", type=int, default=0,
+                        help="sampler seed of the real part; s > 0 is stored as the variant '<name>/seed<s>'")
     args = parser.parse_args()
     if args.replicate and "real" in args.parts:
         parser.error("--replicate draws fresh simulated data sets; the real data have no replicate (use --parts simulated)")
+    if args.real_seed and "simulated" in args.parts:
+        parser.error("--real-seed refits the real data with another sampler seed (use --parts real)")
 
     path = RESULTS / "calibration_backtest.json"
     for name in args.variants:
         t0 = time.perf_counter()
         load = os.getloadavg()
-        out = run_variant(name, args.parts, args.sets, args.warmup, args.draws, args.replicate)
+        out = run_variant(name, args.parts, args.sets, args.warmup, args.draws, args.replicate, args.real_seed)
         # Read the file again now, not at start: an edit made while this variant ran (a note) is kept.
         results = json.loads(path.read_text()) if path.exists() else {"variants": {}}
-        key = f"{name}/replicate{args.replicate}" if args.replicate else name
+        key = (f"{name}/replicate{args.replicate}" if args.replicate else
+               f"{name}/seed{args.real_seed}" if args.real_seed else name)
         entry = results["variants"].setdefault(key, {})
         for part, table in out.items():
             if part.endswith("_refits_converged"):
