@@ -138,6 +138,20 @@ def subset(runs: Runs, keep: np.ndarray) -> Runs:
     )
 
 
+def split_groups(fitted: Runs, test: Runs) -> tuple[Runs, Runs]:
+    """A grouped fold's parts with the fitted part's groups only: a group with no fitted run has no data for
+    its bounds (E below its smallest loss), so the refit leaves it out, and its held-out runs get code -1, a
+    group the refit has not seen (predicted from the pooled distribution, `bayescale.grouping.group_params`)."""
+    if fitted.groups is None:
+        return fitted, test
+    present = np.unique(fitted.groups)
+    code = np.full(len(fitted.group_labels), -1)
+    code[present] = np.arange(len(present))
+    labels = tuple(fitted.group_labels[i] for i in present)
+    return (dataclasses.replace(fitted, groups=code[fitted.groups], group_labels=labels),
+            dataclasses.replace(test, groups=code[test.groups], group_labels=labels))
+
+
 # ---- scores ----
 
 
@@ -387,7 +401,7 @@ def backtest(
 
     rows, refit_rows, all_folds = [], [], []
     for law, lik, own_priors in plans:
-        jobs = []  # (data set, fold, all runs, fitted runs)
+        jobs = []  # (data set, fold, all runs, fitted runs, held-out runs)
         for dataset, runs in runs_by_law[law.name].items():
             for fold in folds_for(runs, law, by=by, holdout=holdout, cuts=cuts, mask=None if mask is None else mask[dataset]):
                 kept = int((~fold.held_out).sum())
@@ -396,18 +410,22 @@ def backtest(
                     raise DataError(f"fold {fold.name!r}{where} keeps {kept} runs and holds out "
                                     f"{int(fold.held_out.sum())}: a backtest of law {law.name!r} needs at least "
                                     f"{law.num_params + 2} fitted runs and one held out")
-                jobs.append((dataset, fold, runs, subset(runs, ~fold.held_out)))
+                jobs.append((dataset, fold, runs, *split_groups(subset(runs, ~fold.held_out), subset(runs, fold.held_out))))
                 all_folds.append(fold)
         refits = _refit(law.with_priors(own_priors), lik.with_priors(own_priors), {}, [job[3] for job in jobs], settings,
                         seed, map_starts, grouping, retries)
-        for index, ((dataset, fold, runs, fitted), (samples, converged, retried, checks)) in enumerate(zip(jobs, refits)):
-            test = subset(runs, fold.held_out)
+        for index, ((dataset, fold, runs, fitted, test), (samples, converged, retried, checks)) in enumerate(zip(jobs, refits)):
             key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
             if grouping is not None:
                 from bayescale.grouping import group_params
 
+                from bayescale.law import data_stats
+
                 key_group, key = jax.random.split(key)
-                samples = {**samples, **group_params(law, grouping, samples, {}, test.groups, key_group)}
+                # The refits are new fits: pooled as fits are now, whatever the file of a loaded fit said.
+                refitted = dataclasses.replace(grouping, pooled_at_reference=True)
+                stats = data_stats(jnp.asarray(fitted.y), x={k: jnp.asarray(v) for k, v in fitted.x.items()})
+                samples = {**samples, **group_params(law, refitted, samples, stats, test.groups, key_group)}
             mean, new_run = predictive_draws(law, lik, samples, fitted, test.x, key)
             scored = score_draws(new_run, test.y, levels, scale="raw" if lik.raw else "log")
             scored["lpd"] = log_predictive_density(lik, mean, samples, test.y, test.se)

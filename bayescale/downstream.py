@@ -527,7 +527,7 @@ def chain_model(spec: ChainSpec):
         num_tasks = task_stats["chance"].shape[0]
         if spec.per_task_loss:
             # Each task's loss law, pooled across tasks (arrays (tasks, runs)); a noise scale per task.
-            params = sample_grouped_params(law, spec.loss_grouping, loss_stats, x, num_tasks)
+            params = sample_grouped_params(law, spec.loss_grouping, loss_stats, x, num_tasks, level_slope)
             varying = set(spec.loss_grouping.varying())
             law_loss = law.mean({k: (v[:, None] if k in varying else v) for k, v in params.items()}, x)
             law_loss = jnp.broadcast_to(law_loss, (num_tasks, law_loss.shape[-1]))  # every parameter shared: one law
@@ -805,7 +805,8 @@ def fit_downstream(
     parameters, pooled across tasks as `loss_pooling` ("partial", "independent", "shared" or {parameter:
     level}, as `fit(group=...)`'s `pooling`) and `loss_shared` (parameters with one value for every task,
     e.g. the exponents) say, and its own noise scale; each task's link reads its loss relative to the task's
-    geometric-mean loss.
+    geometric-mean loss. The pooled loss-law values are sampled centred when every task has at least two
+    finished runs per loss-law parameter (`bayescale.grouping.make_grouping`'s "auto"), else non-centred.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -837,7 +838,8 @@ def fit_downstream(
     if runs.per_task_loss:
         from bayescale.grouping import make_grouping
 
-        loss_grouping = make_grouping(loss_law, "task", pooling=loss_pooling, shared=loss_shared)
+        loss_grouping = make_grouping(loss_law, "task", pooling=loss_pooling, shared=loss_shared, centering="auto",
+                                      group_sizes=runs.law_mask.sum(axis=1))
     elif loss_shared or loss_pooling != "partial":
         raise ValueError("loss_pooling and loss_shared apply to a loss per task (loss_column={task: column})")
     args, kwargs = model_inputs(runs, metric_likelihood)

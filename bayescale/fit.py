@@ -233,6 +233,7 @@ def fit(
     pooling: str | Mapping[str, str] = "partial",
     shared: tuple[str, ...] | list[str] = (),
     group_scale: float = 0.5,
+    centering: str = "auto",
     sequence: tuple[str, str] | None = None,
     misfit_checks: bool = True,
     retries: RetryPolicy | int | bool | None = None,
@@ -250,7 +251,9 @@ def fit(
     Grouped fits (`bayescale.grouping`): `group` names the column of each run's group; `pooling`
     ("partial", the default, "independent" or "shared", or {parameter: level}) and `shared` (parameters
     with one value for all groups) say how each law parameter varies by group; `group_scale` is the prior
-    scale of the between-group spread.
+    scale of the between-group spread. `centering`: how partially pooled values are sampled, "auto" (centred
+    when every group has at least two runs per law parameter, non-centred otherwise), "centered" or
+    "noncentered"; the prior is the same (`bayescale.grouping`).
 
     Several outputs: `y=["loss_web", "loss_code", ...]` fits one law to each output column jointly (a loss per
     domain of a data mixture, a loss per task): the columns are stacked into cells labelled "<row>:<column>"
@@ -300,8 +303,9 @@ def fit(
     )
     grouping = None
     if group is not None or runs.groups is not None:
+        sizes = np.bincount(runs.groups, minlength=len(runs.group_labels)) if runs.groups is not None else ()
         grouping = make_grouping(law, group or runs.group_column, pooling=pooling, shared=shared, scale=group_scale,
-                                 outputs=multi_output)
+                                 outputs=multi_output, centering=centering, group_sizes=sizes)
         if likelihood.discrepancy is not None:
             raise ValueError("the random-walk discrepancy is not available for grouped fits yet; fit each group "
                              "with it, or the grouped fit without it (discrepancy=None)")

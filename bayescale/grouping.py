@@ -7,8 +7,9 @@ Each law parameter gets a pooling level:
   are fitted (a hierarchical prior), so a group with few runs borrows strength from the others;
 - "independent": one value per group, each with the law's own prior, no borrowing.
 
-Partial pooling is done on each parameter's unconstrained scale, non-centred (which NUTS needs when groups
-are few or agree closely): with T the bijection from the real line onto the prior's support,
+Partial pooling is done on each parameter's unconstrained scale, non-centred when groups have few runs (which
+NUTS needs when groups say little or agree closely; centred otherwise, below): with T the bijection from the
+real line onto the prior's support,
 
     name_mu ~ the law's prior on `name`            (the centre, in the user's units)
     name_tau ~ HalfNormal(scale)                    (the spread between groups, unconstrained scale)
@@ -17,8 +18,29 @@ are few or agree closely): with T the bijection from the real line onto the prio
 For a positive parameter T = exp, so `name_tau` is the spread of log(name) between groups: 0.1 means about
 10%. A parameter whose prior is an interval (l, b) is pooled on log(name - l), truncated above at each
 group's own bound: priors that depend on the data read each group's data there (the irreducible loss E
-lies below that group's smallest loss), and the loosest group's bound for the centre (`pooled_value`). A new group, not in the fit, is predicted by a
-fresh z from the same distribution (`group_params`), with the pooled data's bounds.
+lies below that group's smallest loss), and the loosest group's bound for the centre (`pooled_value`). A
+new group, not in the fit, is predicted by a fresh z from the same distribution (`group_params`), with the
+pooled data's bounds.
+
+A coefficient pivoted at its input's reference (`Param.pivot`: A in A N^-alpha) is pooled there, where the
+data pin it down, not at N = 1: log A_g - alpha_g log N_ref ~ Normal(log A_mu - alpha_mu log N_ref, tau)
+(the same as pooling log A when the exponent is shared). Pooled at N = 1, a group's coefficient and its own
+exponent trade along a ridge as steep as log N_ref (~20 for parameter counts).
+
+Groups whose own runs pin their parameters down (every group with at least `CENTRED_RUNS_PER_PARAM` runs per
+law parameter) are sampled centred instead, u_g ~ Normal(T^-1(name_mu), name_tau) (Papaspiliopoulos, Roberts
+and Skold 2007): the non-centred offsets z_g are then tied to the centre and spread by the data, the geometry
+NUTS finds hardest. The prior is the same either way. Measured on four tasks' Chinchilla losses (15 runs each,
+0.5% noise, `fit(y=[...])`, 1 x 300 + 200, seeds 0-2; benchmarks/results/grouped_geometry.md): with the
+exponents shared, 56-62 leapfrog steps per draw centred against 1,017-1,020 non-centred (the longest trees);
+with every parameter pooled, 188-1,023 centred against 1,023 (a first trial, one seed: 664 centred with A
+pooled at N = 1). What is left there is each group's floor-exponent ridge, which single fits sample in
+level-and-slope coordinates (`bayescale.saturating`). So do centred grouped fits in which no parameter of the
+law's saturating term is shared (`grouped_saturating_sites`): one level-and-slope site per group whose density
+is that group's hierarchical prior given the centres and spreads, times the Jacobian
+(`bayescale.saturating.GroupedSaturatingTermPrior`); same data, 166-315 leapfrog steps per draw (1 divergence in
+600 draws) against 188-1,023 centred in the declared parameters. With a shared exponent the declared
+parameters, centred, already sample well (56-62 steps) and keep them.
 
     fit(table, "chinchilla", group="dataset", shared=["alpha", "beta"])           # partial pooling of E, A, B
     fit(table, "chinchilla", group="dataset", pooling="independent", shared=["alpha", "beta"])
@@ -41,11 +63,22 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import AffineTransform, ExpTransform
+
 from bayescale.law import Law, resolve_prior
 from bayescale.likelihood import Likelihood
 from bayescale.model import sample_pivoted
+from bayescale.saturating import GroupedSaturatingTermPrior, SaturatingTermPrior, support_bounds
+from bayescale.saturating import site_name as saturating_site_name
 
 POOLING_LEVELS = ("partial", "independent", "shared")
+CENTERINGS = ("auto", "centered", "noncentered")
+# "auto" samples pooled values centred when every group has at least this many runs per law parameter (a
+# Chinchilla law: 10 runs per group). Measured: four groups of 15 runs (3 per parameter), exponents shared,
+# 56-62 leapfrog steps per draw centred against 1,017-1,020 non-centred (module docstring); few runs per group
+# keep the non-centred offsets, which the data barely constrain (not measured here: the textbook case).
+CENTRED_RUNS_PER_PARAM = 2
 
 
 @dataclass(frozen=True)
@@ -62,6 +95,12 @@ class Grouping:
     # True when the groups are a table's output columns (`fit(y=[...])`, `bayescale.runs.outputs_long`):
     # predictions are then made for every output at once unless points name one.
     outputs: bool = False
+    # Pooled values sampled centred (every group's runs pin its parameters) or non-centred (module docstring):
+    # how NUTS sees the posterior, not the prior.
+    centered: bool = False
+    # Pivoted coefficients pooled at their input's reference (module docstring). False only in fits saved
+    # before pooling moved there (their prior pooled log A at x = 1), so they predict new groups as fitted.
+    pooled_at_reference: bool = False
 
     @property
     def level(self) -> dict[str, str]:
@@ -71,12 +110,14 @@ class Grouping:
         return tuple(name for name, level in self.levels if level != "shared")
 
     def to_dict(self) -> dict:
-        return {"column": self.column, "levels": dict(self.levels), "scale": self.scale, "outputs": self.outputs}
+        return {"column": self.column, "levels": dict(self.levels), "scale": self.scale, "outputs": self.outputs,
+                "centered": self.centered, "pooled_at_reference": self.pooled_at_reference}
 
     @classmethod
     def from_dict(cls, spec: Mapping) -> Grouping:
         return cls(column=spec["column"], levels=tuple(spec["levels"].items()), scale=float(spec["scale"]),
-                   outputs=bool(spec.get("outputs", False)))
+                   outputs=bool(spec.get("outputs", False)), centered=bool(spec.get("centered", False)),
+                   pooled_at_reference=bool(spec.get("pooled_at_reference", False)))
 
 
 def make_grouping(
@@ -86,9 +127,14 @@ def make_grouping(
     shared: Sequence[str] = (),
     scale: float = 0.5,
     outputs: bool = False,
+    centering: str = "noncentered",
+    group_sizes: Sequence[int] = (),
 ) -> Grouping:
     """A `Grouping` from user options: `pooling` is one level for all parameters or {parameter: level}
-    (parameters not named get "partial"); `shared` names parameters that are one value for all groups."""
+    (parameters not named get "partial"); `shared` names parameters that are one value for all groups;
+    `centering` one of `CENTERINGS` ("auto" decides by `group_sizes`, the number of runs of each group)."""
+    if centering not in CENTERINGS:
+        raise ValueError(f"unknown centering {centering!r}; choose one of {', '.join(CENTERINGS)}")
     if law.numpyro_model is not None:
         raise ValueError(f"law {law.name!r} is a raw NumPyro model: grouped fits need a law with declared params")
     if isinstance(pooling, str):
@@ -108,7 +154,12 @@ def make_grouping(
         raise ValueError(f"pooling levels {bad} are not one of {POOLING_LEVELS}")
     if not scale > 0:
         raise ValueError(f"the between-group scale must be positive, got {scale}")
-    return Grouping(column=column, levels=tuple(levels.items()), scale=float(scale), outputs=outputs)
+    if centering == "auto":
+        centered = bool(len(group_sizes) > 0 and min(group_sizes) >= CENTRED_RUNS_PER_PARAM * law.num_params)
+    else:
+        centered = centering == "centered"
+    return Grouping(column=column, levels=tuple(levels.items()), scale=float(scale), outputs=outputs,
+                    centered=centered, pooled_at_reference=True)
 
 
 def group_stats(y: np.ndarray, codes: np.ndarray, num_groups: int) -> dict[str, np.ndarray]:
@@ -128,13 +179,21 @@ def _per_group(stats: Mapping) -> dict:
     return out
 
 
-def _pivot_shift(law: Law, name: str, values: Mapping, centres: Mapping, x, centre: bool):
+def _log_reference(stats: Mapping, x, source: str):
+    """log x_ref of a pivot's input: the data's geometric mean (`data_stats`), else the mean log of `x`."""
+    if "x_log_mean" in stats and source in stats["x_log_mean"]:
+        return stats["x_log_mean"][source]
+    return jnp.mean(jnp.log(x[source]))
+
+
+def _pivot_shift(law: Law, name: str, values: Mapping, centres: Mapping, x, centre: bool, stats: Mapping = {}):
     """log A_ref = log A - exponent * log x_ref: the shift that decorrelates a coefficient from its exponent
-    (see `bayescale.law.Param`). The centre of a pooled coefficient shifts by the exponent's centre."""
+    (see `bayescale.law.Param`). The centre of a pooled coefficient shifts by the exponent's centre (the mean
+    over groups of an independent exponent)."""
     source, exponent = law.params[name].pivot
-    e = centres.get(exponent, values[exponent]) if centre else values[exponent]
+    e = centres[exponent] if (centre and exponent in centres) else values[exponent]
     e = jnp.mean(e) if (centre and jnp.ndim(e)) else e
-    return e * jnp.mean(jnp.log(x[source]))
+    return e * _log_reference(stats, x, source)
 
 
 def _sample_value(site: str, prior, shift):
@@ -186,8 +245,91 @@ def new_group_value(support, centre, spread, z):
     return back(to(centre) + spread * z)
 
 
-def sample_grouped_params(law: Law, grouping: Grouping, stats: Mapping, x: Mapping, num_groups: int) -> dict:
-    """The law's parameters, each a scalar ("shared") or a vector over groups, as NumPyro sample sites."""
+def grouped_saturating_sites(law: Law, grouping: Grouping, stats: Mapping):
+    """`bayescale.model.saturating_sites` where a grouped fit samples the saturating term in level-and-slope
+    coordinates per group (`GroupedSaturatingTermPrior`): none of its parameters shared (a shared exponent
+    would need coordinates that hold it fixed across groups), pooled ones only in a centred grouping (each
+    group's coordinates carry its hierarchical prior given the centre and spread, a centred parametrisation),
+    every coefficient positive, and a pooled coefficient's exponent pooled too (its centre is where the
+    coefficient is pooled). None otherwise."""
+    from bayescale.model import saturating_sites
+
+    sites = saturating_sites(law, stats)
+    if sites is None:
+        return None
+    level = grouping.level
+    floor, coefficients, exponents, _ = sites
+    if any(level[n] == "shared" for n in (floor, *coefficients, *exponents)):
+        return None
+    if not grouping.centered and any(level[n] == "partial" for n in (floor, *coefficients, *exponents)):
+        return None  # each group's coordinates carry its hierarchical prior centred: for groups with many runs
+    for c in coefficients:
+        prior = resolve_prior(law.params[c].prior, stats)
+        if not isinstance(prior.support, type(constraints.positive)):
+            return None
+        if level[c] == "partial" and level[law.params[c].pivot[1]] != "partial":
+            return None
+    return sites
+
+
+def _sample_grouped_saturating_term(law: Law, grouping: Grouping, sites, stats: Mapping, x, num_groups: int,
+                                    centres: Mapping, spreads: Mapping, centre_shifts: Mapping) -> dict:
+    """Every group's floor, coefficients and exponents through one level-and-slope site per group, each group's
+    prior the declared one (independent) or the pooled one given the centres and spreads (partial)."""
+    floor, coefficients, exponents, term_exponents = sites
+    names = (floor, *coefficients, *exponents)
+    level = grouping.level
+    log_x_refs = jnp.stack([jnp.asarray(_log_reference(stats, x, law.params[c].pivot[0]), float) for c in coefficients])
+    x_log_mean = {"x_log_mean": stats["x_log_mean"]} if "x_log_mean" in stats else {}
+
+    def pooling_loc(name):
+        to, _ = _pooling_scale(resolve_prior(law.params[name].prior, _per_group(stats)).support)
+        return to(centres[name]) - centre_shifts.get(name, 0.0)
+
+    full = lambda v: jnp.broadcast_to(jnp.asarray(v, float), (num_groups,))  # noqa: E731
+    params = {"y_min": full(stats["group_y_min"]), "y_max": full(stats["group_y_max"])}
+    for name in names:
+        if level[name] == "partial":
+            params[f"{name}_loc"], params[f"{name}_tau"] = full(pooling_loc(name)), full(spreads[name])
+
+    def make(p):
+        declared = {n: resolve_prior(law.params[n].prior, {"y_min": p["y_min"], "y_max": p["y_max"], **x_log_mean})
+                    for n in names}
+        lo, hi = support_bounds(declared[floor])
+        if level[floor] != "partial":
+            floor_prior = declared[floor]
+        elif _is_interval(declared[floor].support):  # log(E - lo) pooled, truncated at the group's own bound
+            floor_prior = dist.TransformedDistribution(
+                dist.TruncatedNormal(p[f"{floor}_loc"], p[f"{floor}_tau"], high=jnp.log(hi - lo)),
+                [ExpTransform(), AffineTransform(lo, 1.0)])
+        else:
+            floor_prior = dist.LogNormal(p[f"{floor}_loc"], p[f"{floor}_tau"])
+        log_coefficient_priors = [
+            dist.Normal(p[f"{c}_loc"], p[f"{c}_tau"]) if level[c] == "partial"
+            else dist.TransformedDistribution(declared[c], ExpTransform().inv) for c in coefficients]
+        exponent_priors = [dist.LogNormal(p[f"{e}_loc"], p[f"{e}_tau"]) if level[e] == "partial" else declared[e]
+                           for e in exponents]
+        at_reference = [level[c] == "partial" and grouping.pooled_at_reference for c in coefficients]
+        return SaturatingTermPrior(floor_prior, (), exponent_priors, term_exponents, log_x_refs, names=names,
+                                   floor_bounds=(lo, hi), log_coefficient_priors=log_coefficient_priors,
+                                   at_reference=at_reference)
+
+    prior = GroupedSaturatingTermPrior(make, params, num_groups, 1 + len(coefficients) + len(exponents), names)
+    u = numpyro.sample(saturating_site_name(floor, *coefficients), prior)
+    value_floor, log_coefficients, values = prior.to_params(u)
+    out = {floor: numpyro.deterministic(floor, value_floor)}
+    for i, name in enumerate(coefficients):
+        out[name] = numpyro.deterministic(name, jnp.exp(log_coefficients[..., i]))
+    for k, name in enumerate(exponents):
+        out[name] = numpyro.deterministic(name, values[..., k])
+    return out
+
+
+def sample_grouped_params(law: Law, grouping: Grouping, stats: Mapping, x: Mapping, num_groups: int,
+                          level_slope: bool = False) -> dict:
+    """The law's parameters, each a scalar ("shared") or a vector over groups, as NumPyro sample sites.
+    `level_slope`: sample a saturating term in level-and-slope coordinates per group where
+    `grouped_saturating_sites` allows (`bayescale.saturating.ENABLED`, read by the callers)."""
     level = grouping.level
     group = _per_group(stats)
     # The centre of a pooled parameter may lie anywhere a group's value may: its data-dependent bounds are
@@ -198,27 +340,64 @@ def sample_grouped_params(law: Law, grouping: Grouping, stats: Mapping, x: Mappi
     values: dict = {}
     centres: dict = {}
     ordered = [n for n, p in law.params.items() if p.pivot is None] + [n for n, p in law.params.items() if p.pivot]
+    # Fits saved before grouped level-and-slope coordinates (and pooling at the reference) keep their model.
+    sites = grouped_saturating_sites(law, grouping, stats) if level_slope and grouping.pooled_at_reference else None
+    if sites is not None:
+        # The term's pooled centres and spreads first, then one level-and-slope site per group for its values.
+        joint = {sites[0], *sites[1], *sites[2]}
+        spreads, centre_shifts = {}, {}
+        for name in [n for n in ordered if n in joint and level[n] == "partial"]:
+            param = law.params[name]
+            shift = _pivot_shift(law, name, values, centres, x, True, stats) if param.pivot is not None else None
+            centres[name] = _sample_value(f"{name}_mu", resolve_prior(param.prior, centre_stats), shift)
+            spreads[name] = numpyro.sample(f"{name}_tau", dist.HalfNormal(grouping.scale))
+            if shift is not None and grouping.pooled_at_reference:
+                centre_shifts[name] = shift
+        values.update(_sample_grouped_saturating_term(law, grouping, sites, stats, x, num_groups, centres, spreads,
+                                                      centre_shifts))
+        ordered = [n for n in ordered if n not in joint]
     for name in ordered:
         param = law.params[name]
         pooled_prior = resolve_prior(param.prior, stats)
         pivoted = param.pivot is not None
         if level[name] == "shared":
-            shift = _pivot_shift(law, name, values, centres, x, centre=True) if pivoted else None
+            shift = _pivot_shift(law, name, values, centres, x, True, stats) if pivoted else None
             values[name] = _sample_value(name, pooled_prior, shift)
         elif level[name] == "independent":
             group_prior = resolve_prior(param.prior, group).expand([num_groups])
-            shift = _pivot_shift(law, name, values, centres, x, centre=False) if pivoted else None
+            shift = _pivot_shift(law, name, values, centres, x, False, stats) if pivoted else None
             with numpyro.plate(grouping.column, num_groups):
                 values[name] = _sample_value(name, group_prior, shift)
         else:
-            shift = _pivot_shift(law, name, values, centres, x, centre=True) if pivoted else None
+            shift = _pivot_shift(law, name, values, centres, x, True, stats) if pivoted else None
             centres[name] = _sample_value(f"{name}_mu", resolve_prior(param.prior, centre_stats), shift)
             spread = numpyro.sample(f"{name}_tau", dist.HalfNormal(grouping.scale))
             support = resolve_prior(param.prior, group).support
-            with numpyro.plate(grouping.column, num_groups):
-                z = numpyro.sample(f"_{name}_z", group_offsets_prior(support))
-            values[name] = numpyro.deterministic(name, pooled_value(support, centres[name], spread, z))
+            at_reference = pivoted and grouping.pooled_at_reference and not _is_interval(support)
+            values[name] = numpyro.deterministic(name, _sample_pooled(
+                name, grouping, num_groups, support, centres[name], spread,
+                shift=_pivot_shift(law, name, values, centres, x, False, stats) if at_reference else 0.0,
+                centre_shift=shift if at_reference else 0.0))
     return values
+
+
+def _sample_pooled(name: str, grouping: Grouping, num_groups: int, support, centre, spread, shift=0.0,
+                   centre_shift=0.0):
+    """Each group's value of a partially pooled parameter: on the pooling scale, u_g - shift_g ~
+    Normal(T^-1(centre) - centre_shift, spread) (truncated at each group's bound on an interval), sampled
+    centred (site `_name_u`, holding u_g - shift_g) or non-centred (site `_name_z`) as `grouping` says. The
+    shifts are a pivoted coefficient's exponent x log x_ref (per group, and the centre's), else 0."""
+    to, back = _pooling_scale(support)
+    loc = to(centre) - centre_shift
+    with numpyro.plate(grouping.column, num_groups):
+        if grouping.centered:
+            prior = (dist.TruncatedNormal(loc, spread, high=to(support.upper_bound)) if _is_interval(support)
+                     else dist.Normal(loc, spread))
+            return back(numpyro.sample(f"_{name}_u", prior) + shift)
+        z = numpyro.sample(f"_{name}_z", group_offsets_prior(support))
+    if _is_interval(support):
+        return pooled_value(support, centre, spread, z)
+    return back(loc + spread * z + shift)
 
 
 def params_at_runs(grouping: Grouping, params: Mapping, codes) -> dict:
@@ -233,13 +412,16 @@ _MODELS: dict = {}
 def grouped_law_model(law: Law, likelihood: Likelihood, grouping: Grouping):
     """The NumPyro model of a grouped fit: `model(x, stats, y=None, se=None, mask=None, group=None)` with
     `group` the integer group of each run and `stats` holding `group_stats` too (memoised per triple)."""
-    key = (id(law), likelihood, grouping)
+    from bayescale import saturating
+
+    level_slope = saturating.ENABLED
+    key = (id(law), likelihood, grouping, level_slope)
     if key in _MODELS and _MODELS[key][0] is law:
         return _MODELS[key][1]
 
     def model(x: Mapping, stats: Mapping, y=None, se=None, mask=None, group=None, prev=None):
         num_groups = stats["group_y_min"].shape[0]
-        params = sample_grouped_params(law, grouping, stats, x, num_groups)
+        params = sample_grouped_params(law, grouping, stats, x, num_groups, level_slope)
         likelihood.observe(law.mean(params_at_runs(grouping, params, group), x), stats, y=y, se=se, mask=mask,
                            prev=prev)
 
@@ -260,8 +442,11 @@ def group_params(law: Law, grouping: Grouping, samples: Mapping[str, np.ndarray]
     codes = np.asarray(codes)
     new = codes < 0
     out = {}
-    keys = jax.random.split(key, len(law.params))
-    for key_param, (name, param) in zip(keys, law.params.items()):
+    keys = dict(zip(law.params, jax.random.split(key, len(law.params))))
+    # Exponents before the coefficients pivoted on them: a new group's coefficient is pooled at its own exponent.
+    ordered = [n for n, p in law.params.items() if p.pivot is None] + [n for n, p in law.params.items() if p.pivot]
+    for name in ordered:
+        param = law.params[name]
         value = np.asarray(samples[name])
         if level[name] == "shared":
             out[name] = value
@@ -272,9 +457,19 @@ def group_params(law: Law, grouping: Grouping, samples: Mapping[str, np.ndarray]
                 raise KeyError(f"parameter {name!r} is fitted independently per group, so it has no value for a "
                                f"group the fit has not seen; predict at a fitted group, or fit with partial pooling")
             support = resolve_prior(param.prior, stats).support
-            z = jax.random.normal(key_param, (value.shape[0], int(new.sum())))
-            fresh = np.asarray(new_group_value(support, jnp.asarray(samples[f"{name}_mu"])[:, None],
-                                               jnp.asarray(samples[f"{name}_tau"])[:, None], z))
+            z = jax.random.normal(keys[name], (value.shape[0], int(new.sum())))
+            centre, spread = jnp.asarray(samples[f"{name}_mu"])[:, None], jnp.asarray(samples[f"{name}_tau"])[:, None]
+            if param.pivot is not None and grouping.pooled_at_reference and not _is_interval(support):
+                # log A_new - alpha_new log x_ref ~ Normal(log A_mu - alpha_centre log x_ref, tau)
+                source, exponent = param.pivot
+                log_ref = _log_reference(stats, {}, source)
+                alpha = np.asarray(samples[exponent])
+                alpha_centre = {"shared": alpha, "independent": alpha.mean(axis=-1) if alpha.ndim > 1 else alpha,
+                                "partial": np.asarray(samples.get(f"{exponent}_mu", alpha))}[level[exponent]]
+                alpha_new = out[exponent][:, new] if np.ndim(out[exponent]) > 1 else out[exponent][:, None]
+                fresh = np.exp(np.log(centre) + (alpha_new - np.asarray(alpha_centre)[:, None]) * log_ref + spread * z)
+            else:
+                fresh = np.asarray(new_group_value(support, centre, spread, z))
             known[:, new] = fresh
         out[name] = known
     return out

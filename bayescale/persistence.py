@@ -203,8 +203,8 @@ def _with_current_sites(dt, law: Law, runs: Runs):
     from bayescale.fit import model_inputs
     from bayescale.model import saturating_site_values
 
-    if not saturating.ENABLED:
-        return dt
+    if not saturating.ENABLED or runs.groups is not None:
+        return dt  # a grouped fit's model keeps the sites of its saved grouping (`Grouping.pooled_at_reference`)
 
     (x, stats), _ = model_inputs(runs)
     posterior = dt.posterior

@@ -89,13 +89,21 @@ class SaturatingTermPrior(dist.Distribution):
     support = constraints.real_vector
 
     def __init__(self, floor_prior, coefficient_priors, exponent_priors, term_exponents, log_x_refs, *,
-                 names: tuple[str, ...] | None = None, validate_args=None):
+                 names: tuple[str, ...] | None = None, floor_bounds=None, log_coefficient_priors=None,
+                 at_reference=None, validate_args=None):
+        # A grouped fit's per-group priors (`GroupedSaturatingTermPrior`) give the floor's bounds and the
+        # coefficients' priors on the log scale directly: a coefficient pooled at its reference has its prior
+        # on log t_i (the term's value there, `at_reference[i]`), not on log A_i.
         self.floor_prior = floor_prior
-        self.log_coefficient_priors = tuple(dist.TransformedDistribution(p, ExpTransform().inv) for p in coefficient_priors)
+        self.log_coefficient_priors = (tuple(log_coefficient_priors) if log_coefficient_priors is not None else
+                                       tuple(dist.TransformedDistribution(p, ExpTransform().inv) for p in coefficient_priors))
         self.exponent_priors = tuple(exponent_priors)
         self.term_exponents = tuple(int(k) for k in term_exponents)
         self.log_x_refs = jnp.asarray(log_x_refs, float).reshape(-1)
-        self.lo, self.hi = support_bounds(floor_prior)
+        self.at_reference = tuple(bool(a) for a in at_reference) if at_reference is not None else \
+            (False,) * len(self.log_coefficient_priors)
+        self.lo, self.hi = support_bounds(floor_prior) if floor_bounds is None else \
+            (jnp.asarray(floor_bounds[0], float), jnp.asarray(floor_bounds[1], float))
         self.num_terms, self.num_exponents = len(self.log_coefficient_priors), len(self.exponent_priors)
         if len(self.term_exponents) != self.num_terms or sorted(set(self.term_exponents)) != list(range(self.num_exponents)):
             raise ValueError("every term needs one of the exponents, and every exponent a term")
@@ -138,13 +146,20 @@ class SaturatingTermPrior(dist.Distribution):
                                           jnp.reshape(exponents, (-1, self.num_exponents)))
         return flat.reshape(*jnp.shape(floor), self.size)
 
+    def _coefficient_arguments(self, log_coefficients, exponents):
+        """What each coefficient's prior is on: log A_i, or log t_i = log A_i - alpha log x_ref at the reference."""
+        log_terms = log_coefficients - exponents[..., jnp.asarray(self.term_exponents)] * self.log_x_refs
+        return [log_terms[..., i] if at_ref else log_coefficients[..., i] for i, at_ref in enumerate(self.at_reference)]
+
     def sample(self, key, sample_shape=()):
         keys = jax.random.split(key, 1 + self.num_terms + self.num_exponents)
         floor = self.floor_prior.sample(keys[0], sample_shape)
-        log_coefficients = jnp.stack([p.sample(k, sample_shape) for p, k in
-                                      zip(self.log_coefficient_priors, keys[1:1 + self.num_terms])], -1)
+        drawn = jnp.stack([p.sample(k, sample_shape) for p, k in
+                           zip(self.log_coefficient_priors, keys[1:1 + self.num_terms])], -1)
         exponents = jnp.stack([p.sample(k, sample_shape) for p, k in
                                zip(self.exponent_priors, keys[1 + self.num_terms:])], -1)
+        shear = exponents[..., jnp.asarray(self.term_exponents)] * self.log_x_refs
+        log_coefficients = jnp.where(jnp.asarray(self.at_reference), drawn + shear, drawn)
         return self.from_param_draws(floor, log_coefficients, exponents)
 
     def declared_log_prob_terms(self, u) -> dict:
@@ -154,7 +169,8 @@ class SaturatingTermPrior(dist.Distribution):
         declared prior, not the coordinates."""
         floor, log_coefficients, exponents = self.to_params(u)
         values = [self.floor_prior.log_prob(floor)]
-        values += [p.log_prob(c) for p, c in zip(self.log_coefficient_priors, log_coefficients)]
+        values += [p.log_prob(c) for p, c in zip(self.log_coefficient_priors,
+                                                 self._coefficient_arguments(log_coefficients, exponents))]
         values += [p.log_prob(a) for p, a in zip(self.exponent_priors, exponents)]
         return dict(zip(self.names, values))
 
@@ -181,8 +197,9 @@ class SaturatingTermPrior(dist.Distribution):
 
     def _log_prob_one(self, u):
         floor, log_coefficients, exponents = self.to_params(u)
+        arguments = self._coefficient_arguments(log_coefficients, exponents)
         return (self.floor_prior.log_prob(floor)
-                + sum(p.log_prob(log_coefficients[i]) for i, p in enumerate(self.log_coefficient_priors))
+                + sum(p.log_prob(arguments[i]) for i, p in enumerate(self.log_coefficient_priors))
                 + sum(p.log_prob(exponents[k]) for k, p in enumerate(self.exponent_priors))
                 + self.log_abs_det_jacobian(u, exponents))
 
@@ -206,3 +223,41 @@ def sample_saturating_term(prior: SaturatingTermPrior) -> dict:
     for k, name in enumerate(exponents):
         out[name] = numpyro.deterministic(name, values[..., k])
     return out
+
+
+class GroupedSaturatingTermPrior(dist.Distribution):
+    """A saturating term's level-and-slope coordinates in every group of a grouped fit (batch shape (groups,)):
+    group g's u_g has the density of `make(params_g)`, a `SaturatingTermPrior` built from that group's slice
+    of `params` (a dict of arrays whose leading axis is the group: its data bounds, and the centres and spreads
+    of pooled parameters, which make each group's prior the hierarchical prior given them). Sampling u_g
+    centred in these coordinates straightens each group's floor-exponent ridge as for a single fit."""
+
+    support = constraints.real_vector
+
+    def __init__(self, make, params: dict, num_groups: int, size: int, names: tuple[str, ...], validate_args=None):
+        self.make, self.params, self.names = make, params, tuple(names)
+        super().__init__(batch_shape=(num_groups,), event_shape=(size,), validate_args=validate_args)
+
+    def _per_group(self, fn, u):
+        """fn(prior_g, u_g) over groups, for u of shape (..., groups, size)."""
+        lead = jnp.shape(u)[:-2]
+        flat = jnp.reshape(u, (-1,) + tuple(jnp.shape(u)[-2:]))
+        out = jax.vmap(lambda v: jax.vmap(lambda ug, p: fn(self.make(p), ug))(v, self.params))(flat)
+        return jax.tree.map(lambda a: jnp.reshape(a, lead + a.shape[1:]), out)
+
+    def log_prob(self, value):
+        return self._per_group(lambda prior, u: prior._log_prob_one(u), value)
+
+    def sample(self, key, sample_shape=()):
+        keys = jax.random.split(key, self.batch_shape[0])
+        draws = jax.vmap(lambda k, p: self.make(p).sample(k, sample_shape))(keys, self.params)  # (groups, *S, size)
+        return jnp.moveaxis(draws, 0, len(sample_shape))
+
+    def to_params(self, u):
+        """u (..., groups, size) -> (E (..., groups), log A (..., groups, terms), alpha (..., groups, exponents))."""
+        return self._per_group(lambda prior, ug: prior.to_params(ug), u)
+
+    def declared_log_prob_terms(self, u) -> dict:
+        """Each declared parameter's prior log density, summed over groups (`SaturatingTermPrior`'s)."""
+        terms = self._per_group(lambda prior, ug: prior.declared_log_prob_terms(ug), u)
+        return {k: jnp.sum(v, axis=-1) for k, v in terms.items()}

@@ -116,9 +116,10 @@ def test_each_task_has_its_own_loss_law_noise_and_link_input():
 
 
 # ------------------------------------------------------------------- fit ----
-# A chain with a loss per task samples badly today: on a simulated 4-task ladder (15 runs) NUTS runs its
-# longest trees (~1,000 leapfrog steps per draw, 0.4-2 s each on 2 cores) with partially pooled, shared or
-# independent loss laws alike, and fails its R-hat checks at 2 x 300 + 300. These fits are in the slow tier.
+# A chain with a loss per task still samples badly: on a simulated 4-task ladder (15 runs) NUTS runs long
+# trees (627 leapfrog steps per draw with the loss laws centred and exponents shared, 966 non-centred;
+# benchmarks/results/grouped_geometry.md), the sigmoid link's midpoint and ceiling trading along a ridge.
+# These fits are in the slow tier.
 @pytest.fixture(scope="module")
 def ladder_fit():
     table, target, tasks, truth = task_loss_ladder(num_tasks=4, seed=1)

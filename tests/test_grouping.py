@@ -180,3 +180,78 @@ def test_cli_predicts_at_a_group(partial_fit, tmp_path, capsys):
     assert main(["predict", str(path), "--at", "N=7e10,D=1.4e12,corpus=code", "--json"]) == 0
     point = json.loads(capsys.readouterr().out)["points"][0]
     assert point["corpus"] == "code" and 0.9 < point["mean_q50"] < 1.1
+
+
+def test_centred_and_noncentred_pooling_have_the_same_prior_and_pool_coefficients_at_the_reference():
+    """Centred and non-centred sampling of pooled values is a change of variables: the per-group priors agree
+    (E truncated at each group's own smallest loss included). A pivoted coefficient is pooled at its input's
+    reference: log A_g - alpha_g log N_ref lies tau standard normals from the centre's, and a new group's
+    coefficient (`group_params`) is drawn the same way."""
+    from scipy import stats as scipy_stats
+
+    from bayescale.grouping import group_params
+    from bayescale.law import data_stats
+
+    table = grouped_table(runs_per_group=12)
+    law = bs.get_law("chinchilla")
+    runs = bs.runs_from_table(table, law, group="corpus")
+    args, kwargs = model_inputs(runs)
+    log_ref = float(np.mean(np.log(runs.x["N"])))
+    draws = {}
+    for centering in ("centered", "noncentered"):
+        grouping = make_grouping(law, "corpus", centering=centering)
+        assert grouping.centered == (centering == "centered") and grouping.pooled_at_reference
+        model = grouped_law_model(law, as_likelihood("normal"), grouping)
+        draws[centering] = {k: np.asarray(v) for k, v in
+                            prior_draws(model, jax.random.PRNGKey(2), args, kwargs, 4000).items()}
+    for name in ("E", "A", "alpha"):
+        for g in range(3):
+            a, b = (draws[c][name][:, g] for c in ("centered", "noncentered"))
+            assert scipy_stats.ks_2samp(a, b).pvalue > 1e-3, (name, g)
+    mins = table.groupby("corpus")["loss"].min().loc[list(runs.group_labels)].to_numpy()
+    assert (draws["centered"]["E"] <= mins).all()
+    for d in draws.values():
+        offset = (np.log(d["A"]) - d["alpha"] * log_ref) - (np.log(d["A_mu"]) - d["alpha_mu"] * log_ref)[:, None]
+        z = (offset / d["A_tau"][:, None]).ravel()
+        assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05
+    # A new group: its exponent drawn around alpha_mu, its coefficient pooled at the reference like a fitted one.
+    d = draws["noncentered"]
+    stats = data_stats(np.asarray(runs.y), x=runs.x)
+    grouping = make_grouping(law, "corpus")
+    new = group_params(law, grouping, d, stats, np.array([-1]), jax.random.PRNGKey(5))
+    offset = (np.log(new["A"][:, 0]) - new["alpha"][:, 0] * log_ref) - (np.log(d["A_mu"]) - d["alpha_mu"] * log_ref)
+    z = offset / d["A_tau"]
+    assert abs(z.mean()) < 0.06 and abs(z.std() - 1) < 0.06
+
+
+def test_auto_centring_follows_the_runs_per_group_and_old_files_keep_their_pooling():
+    law = bs.get_law("chinchilla")  # 5 parameters: centred from 10 runs in every group
+    assert make_grouping(law, "g", centering="auto", group_sizes=[10, 30]).centered
+    assert not make_grouping(law, "g", centering="auto", group_sizes=[9, 30]).centered
+    assert not make_grouping(law, "g", centering="auto").centered
+    with pytest.raises(ValueError, match="centering"):
+        make_grouping(law, "g", centering="sometimes")
+    old = {"column": "g", "levels": {"E": "partial"}, "scale": 0.5}  # a fit saved before these fields
+    grouping = bs.grouping.Grouping.from_dict(old)
+    assert not grouping.centered and not grouping.pooled_at_reference
+    new = make_grouping(law, "g", centering="centered")
+    assert bs.grouping.Grouping.from_dict(new.to_dict()) == new
+
+
+@pytest.mark.slow  # a grouped fit and its refit (~60 s)
+def test_backtest_of_a_grouped_fit_forecasts_a_held_out_group_from_the_pooled_distribution():
+    """Holding out every run of one corpus: its forecasts come from a new group's parameters, pooled at the
+    reference like the fitted groups', and cover most of its runs at 90% (wide: the between-corpus spread)."""
+    table = grouped_table(runs_per_group=12)
+    fit = bs.fit(table, "chinchilla", group="corpus", shared=["alpha", "beta"], num_warmup=300, num_samples=300,
+                 num_chains=2, seed=0)
+    held_out = (table["corpus"] == "books").to_numpy()
+    result = bs.backtest(fit, mask=held_out, num_warmup=300, num_samples=300, num_chains=2)
+    scores = result.table
+    assert len(scores) == held_out.sum() and np.isfinite(scores["interval_score90"]).all()
+    assert scores["covered90"].mean() >= 0.75, scores["covered90"].mean()
+    # A fitted corpus's runs held out instead: far narrower intervals than a new corpus's.
+    some = np.zeros(len(table), bool)
+    some[np.flatnonzero(~held_out)[::6]] = True
+    fitted_group = bs.backtest(fit, mask=some, num_warmup=300, num_samples=300, num_chains=2).table
+    assert fitted_group["width90"].median() < 0.5 * scores["width90"].median()

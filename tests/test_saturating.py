@@ -194,3 +194,89 @@ def test_the_density_has_finite_gradients_on_both_sides_of_the_floor_bound(floor
         u = jnp.array([0.3, log_level_gap, 0.2, -1.0, -1.5])
         grad = jax.grad(lambda v: prior.log_prob(v))(u)
         assert np.all(np.isfinite(np.asarray(grad))), (floor_prior, log_level_gap, grad)
+
+
+# ---- grouped fits: one level-and-slope site per group ----
+
+def _grouped_chinchilla(pooling):
+    from bayescale.fit import model_inputs
+    from bayescale.grouping import grouped_law_model, make_grouping
+    from bayescale.likelihood import as_likelihood
+    from test_grouping import grouped_table
+
+    law = bs.get_law("chinchilla")
+    runs = bs.runs_from_table(grouped_table(runs_per_group=12), law, group="corpus")
+    grouping = make_grouping(law, "corpus", pooling=pooling, centering="centered")
+    return law, runs, grouping, grouped_law_model(law, as_likelihood("normal"), grouping), model_inputs(runs)
+
+
+@pytest.mark.parametrize("pooling", ["partial", "independent"])
+def test_grouped_density_is_each_groups_hierarchical_prior_through_the_inverse_map(pooling):
+    """Each group's level-and-slope density equals the hierarchical prior of its (E, A, B, alpha, beta) given
+    the centres and spreads (written out here independently: log(E) truncated normal below the group's smallest
+    loss, log A - alpha log N_ref and log B - beta log D_ref normal, log alpha and log beta normal; or the
+    declared priors for independent groups) times |det d(E, log A, log B, alpha, beta) / du| by forward-mode
+    differentiation."""
+    from numpyro import handlers
+    from numpyro.distributions.transforms import ExpTransform
+
+    from bayescale.saturating import GroupedSaturatingTermPrior
+
+    law, runs, grouping, model, ((x, stats), kwargs) = _grouped_chinchilla(pooling)
+    trace = handlers.trace(handlers.seed(model, 3)).get_trace(x, stats, **kwargs)
+    site = trace["_E_A_B_level_slope"]
+    prior, u = site["fn"], site["value"]
+    assert isinstance(prior, GroupedSaturatingTermPrior) and u.shape == (3, 5)
+    log_q = prior.log_prob(u)
+    log_refs = jnp.array([np.mean(np.log(runs.x["N"])), np.mean(np.log(runs.x["D"]))])
+    y_min = np.asarray(stats["group_y_min"])
+    for g in range(3):
+        to_params = lambda v, g=g: jnp.concatenate([jnp.atleast_1d(a) for a in prior.make(  # noqa: E731
+            {k: val[g] for k, val in prior.params.items()}).to_params(v)])
+        theta = to_params(u[g])  # E, log A, log B, alpha, beta
+        jacobian = jax.jacfwd(to_params)(u[g])
+        E, log_a, log_b, alpha, beta = theta
+        if pooling == "partial":
+            value = lambda name: trace[name]["value"]  # noqa: E731
+            lp = (dist.TruncatedNormal(jnp.log(value("E_mu")), value("E_tau"), high=jnp.log(y_min[g])).log_prob(jnp.log(E))
+                  - jnp.log(E)
+                  + dist.Normal(jnp.log(value("A_mu")) - value("alpha_mu") * log_refs[0], value("A_tau")).log_prob(
+                      log_a - alpha * log_refs[0])
+                  + dist.Normal(jnp.log(value("B_mu")) - value("beta_mu") * log_refs[1], value("B_tau")).log_prob(
+                      log_b - beta * log_refs[1])
+                  + dist.LogNormal(jnp.log(value("alpha_mu")), value("alpha_tau")).log_prob(alpha)
+                  + dist.LogNormal(jnp.log(value("beta_mu")), value("beta_tau")).log_prob(beta))
+        else:
+            from bayescale.law import resolve_prior
+
+            declared = {n: resolve_prior(law.params[n].prior, {"y_min": y_min[g]}) for n in law.params}
+            lp = (declared["E"].log_prob(E)
+                  + dist.TransformedDistribution(declared["A"], ExpTransform().inv).log_prob(log_a)
+                  + dist.TransformedDistribution(declared["B"], ExpTransform().inv).log_prob(log_b)
+                  + declared["alpha"].log_prob(alpha) + declared["beta"].log_prob(beta))
+        expected = lp + jnp.linalg.slogdet(jacobian)[1]
+        np.testing.assert_allclose(log_q[g], expected, rtol=1e-9, atol=1e-9)
+        assert E < y_min[g]
+    # The deterministic sites are the parameters of each group's u.
+    np.testing.assert_allclose(trace["E"]["value"], jax.vmap(lambda v, g: prior.make(
+        {k: val[g] for k, val in prior.params.items()}).to_params(v)[0])(u, jnp.arange(3)), rtol=1e-12)
+
+
+@pytest.mark.slow  # two grouped models' prior draws (~17 s of compilation); the density test above is in the default run
+def test_grouped_level_and_slope_prior_draws_match_the_declared_grouped_model():
+    """Prior draws through the per-group coordinates have the declared grouped model's distribution (the
+    same model sampled without them): sampling, like the density, is the hierarchical prior."""
+    from scipy import stats as scipy_stats
+
+    import bayescale.saturating
+    from bayescale.model import prior_draws
+
+    draws = {}
+    for enabled in (True, False):
+        bayescale.saturating.ENABLED = enabled
+        law, runs, grouping, model, (args, kwargs) = _grouped_chinchilla("partial")
+        draws[enabled] = prior_draws(model, jax.random.PRNGKey(4), args, kwargs, 3000)
+    for name in ("E", "A", "B", "alpha", "beta"):
+        for g in range(3):
+            a, b = (np.asarray(draws[e][name])[:, g] for e in (True, False))
+            assert scipy_stats.ks_2samp(a, b).pvalue > 1e-3, (name, g)
