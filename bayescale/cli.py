@@ -216,7 +216,8 @@ def cmd_fit(args) -> int:
             table, law, columns=columns, y=y, se=args.se, likelihood=likelihood, priors=priors,
             num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed,
             allow_repeats=args.allow_repeats, group=args.group, shared=_names(args.shared),
-            pooling=args.pooling, sequence=_sequence(args.sequence), settings=_settings(args, grouped), retries=args.retries,
+            pooling=args.pooling, centering=args.centering, sequence=_sequence(args.sequence),
+            settings=_settings(args, grouped), retries=args.retries,
         )
     for w in caught:
         if issubclass(w.category, (bs.ConvergenceWarning, bs.MisfitWarning)):
@@ -480,10 +481,20 @@ def cmd_fit_downstream(args) -> int:
     if args.evaluations:
         # Tasks not named average one evaluation; a name that is not a task is refused by downstream_runs.
         evaluations = {**dict.fromkeys(tasks, 1), **_key_values(",".join(args.evaluations), "--evaluations")}
+    loss_column, loss_options = args.loss, {}
+    if args.task_loss:
+        pairs = [part for part in ",".join(args.task_loss).split(",") if part.strip()]
+        loss_column = _key_values(",".join(pairs), "--task-loss")
+        if len(loss_column) != len(pairs):
+            raise ValueError(f"--task-loss names a task twice: {', '.join(pairs)}")
+        loss_options = {"loss_pooling": args.loss_pooling, "loss_shared": _names(args.loss_shared)}
+    elif args.loss_shared or args.loss_pooling != "partial":
+        raise ValueError("--loss-pooling and --loss-shared apply to a loss per task (--task-loss TASK=COLUMN)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bs.ConvergenceWarning)
         result = downstream.fit_downstream(
-            selected_rows(args.data, args.where), tasks=tasks, loss_law=args.law, link=args.link, loss_column=args.loss,
+            selected_rows(args.data, args.where), tasks=tasks, loss_law=args.law, link=args.link, loss_column=loss_column,
+            **loss_options,
             columns=parse_columns(args.column), items=items, chance=chance, likelihood=args.likelihood,
             metric_likelihood=args.metric_likelihood, pooling=args.pooling,
             shared=[n for item in args.shared or [] for n in item.split(",") if n], run_effect=args.run_effect,
@@ -639,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared", help="grouped fit: parameters shared by all groups, comma-separated (e.g. alpha,beta)")
     p.add_argument("--pooling", default="partial", choices=["partial", "independent", "shared"],
                    help="grouped fit: how the other parameters vary by group")
+    p.add_argument("--centering", default="auto", choices=["auto", "centered", "noncentered"],
+                   help="grouped fit: how pooled values are sampled (auto: centred when every group has at least "
+                        "two runs per law parameter); the prior is the same")
     p.add_argument("--out", help="file to save the fit to (NetCDF); without it the fit is printed, not saved")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_NOT_CONVERGED} if the fit did not converge")
     p.add_argument("--json", action="store_true")
@@ -705,6 +719,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--law", default="chinchilla", help="loss law")
     p.add_argument("--link", default="link_sigmoid", help="link law from loss to metric (default: link_sigmoid)")
     p.add_argument("--loss", default="loss", help="loss column (empty cells: missing)")
+    p.add_argument("--task-loss", action="append", metavar="TASK=COLUMN[,TASK=COLUMN...]",
+                   help="a loss per task instead of --loss: each task's own loss column (every task needs one)")
+    p.add_argument("--loss-pooling", default="partial", choices=["partial", "independent", "shared"],
+                   help="with --task-loss: how the loss law's parameters vary by task")
+    p.add_argument("--loss-shared", help="with --task-loss: loss-law parameters shared by every task (e.g. alpha,beta)")
     p.add_argument("--finished", metavar="COLUMN", help="boolean column: True for finished runs, False for link-only "
                    "rows (checkpoints whose loss informs the link but not the loss law)")
     p.add_argument("--column", action="append", metavar="INPUT=COLUMN", help="map a loss-law input to a column")

@@ -240,3 +240,39 @@ def test_where_keeps_the_rows_of_one_setup_and_names_what_the_table_has():
     with pytest.raises(ValueError, match="expected COLUMN=VALUE"):
         selected_rows(table, ["dataset"])
 
+
+
+def test_centering_and_task_losses_reach_the_engine(tmp_path, monkeypatch, capsys):
+    """`fit --centering` and `fit-downstream --task-loss/--loss-pooling/--loss-shared` are passed on as given
+    (the engine is replaced: the options, not sampling, are under test); misuse is bad input."""
+    import bayescale as bs
+    from bayescale import downstream
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def capture(name):
+        def fake(*args, **kwargs):
+            seen[name] = kwargs
+            raise Stop
+        return fake
+
+    monkeypatch.setattr(bs, "fit", capture("fit"))
+    monkeypatch.setattr(downstream, "fit_downstream", capture("fit_downstream"))
+    path = tmp_path / "runs.csv"
+    path.write_text("N,D,loss,corpus,loss_a,loss_b,a,b\n1e8,2e9,3.0,x,1.0,2.0,0.3,0.4\n")
+    # The fake engine's exception surfaces as an internal error (exit 1) after the options reached it.
+    assert main(["fit", str(path), "--law", "chinchilla", "--group", "corpus", "--centering", "noncentered"]) == 1
+    assert seen["fit"]["centering"] == "noncentered"
+    assert main(["fit-downstream", str(path), "--task", "a,b", "--task-loss", "a=loss_a,b=loss_b",
+                 "--loss-pooling", "independent", "--loss-shared", "alpha,beta", "--out", str(tmp_path / "c.fit")]) == 1
+    kwargs = seen["fit_downstream"]
+    assert kwargs["loss_column"] == {"a": "loss_a", "b": "loss_b"}
+    assert (kwargs["loss_pooling"], kwargs["loss_shared"]) == ("independent", ["alpha", "beta"])
+    base = ["fit-downstream", str(path), "--task", "a,b", "--out", str(tmp_path / "c.fit")]
+    assert main(base + ["--loss-shared", "alpha"]) == EXIT_BAD_INPUT
+    assert "apply to a loss per task" in capsys.readouterr().err
+    assert main(base + ["--task-loss", "a=loss_a,a=loss_b"]) == EXIT_BAD_INPUT
+    assert "names a task twice" in capsys.readouterr().err
