@@ -69,8 +69,7 @@ from numpyro.distributions.transforms import AffineTransform, ExpTransform
 from bayescale.law import Law, resolve_prior
 from bayescale.likelihood import Likelihood
 from bayescale.model import sample_pivoted
-from bayescale.saturating import GroupedSaturatingTermPrior, SaturatingTermPrior, support_bounds
-from bayescale.saturating import site_name as saturating_site_name
+from bayescale.saturating import GroupedSaturatingTermPrior, SaturatingTermPrior, sample_saturating_term, support_bounds
 
 POOLING_LEVELS = ("partial", "independent", "shared")
 CENTERINGS = ("auto", "centered", "noncentered")
@@ -314,15 +313,7 @@ def _sample_grouped_saturating_term(law: Law, grouping: Grouping, sites, stats: 
                                    floor_bounds=(lo, hi), log_coefficient_priors=log_coefficient_priors,
                                    at_reference=at_reference)
 
-    prior = GroupedSaturatingTermPrior(make, params, num_groups, 1 + len(coefficients) + len(exponents), names)
-    u = numpyro.sample(saturating_site_name(floor, *coefficients), prior)
-    value_floor, log_coefficients, values = prior.to_params(u)
-    out = {floor: numpyro.deterministic(floor, value_floor)}
-    for i, name in enumerate(coefficients):
-        out[name] = numpyro.deterministic(name, jnp.exp(log_coefficients[..., i]))
-    for k, name in enumerate(exponents):
-        out[name] = numpyro.deterministic(name, values[..., k])
-    return out
+    return sample_saturating_term(GroupedSaturatingTermPrior(make, params, num_groups, len(coefficients), names))
 
 
 def sample_grouped_params(law: Law, grouping: Grouping, stats: Mapping, x: Mapping, num_groups: int,

@@ -210,13 +210,16 @@ class SaturatingTermPrior(dist.Distribution):
         return jnp.reshape(jax.vmap(self._log_prob_one)(flat), jnp.shape(value)[:-1])
 
 
-def sample_saturating_term(prior: SaturatingTermPrior) -> dict:
-    """Sample a floor, its terms' coefficients and their exponents through `prior` (built with their `names`);
-    record them in the user's units."""
+def sample_saturating_term(prior) -> dict:
+    """Sample a floor, its terms' coefficients and their exponents through `prior` (a `SaturatingTermPrior`, or
+    a `GroupedSaturatingTermPrior` for one value per group, built with their `names`); record them in the
+    user's units."""
     floor, coefficients, exponents = (prior.names[0], prior.names[1:1 + prior.num_terms],
                                       prior.names[1 + prior.num_terms:])
     u = numpyro.sample(site_name(floor, *coefficients), prior)
-    value_floor, log_coefficients, values = jax.vmap(prior.to_params)(u) if jnp.ndim(u) > 1 else prior.to_params(u)
+    grouped = isinstance(prior, GroupedSaturatingTermPrior)
+    value_floor, log_coefficients, values = (prior.to_params(u) if grouped or jnp.ndim(u) == 1 else
+                                             jax.vmap(prior.to_params)(u))
     out = {floor: numpyro.deterministic(floor, value_floor)}
     for i, name in enumerate(coefficients):
         out[name] = numpyro.deterministic(name, jnp.exp(log_coefficients[..., i]))
@@ -234,9 +237,10 @@ class GroupedSaturatingTermPrior(dist.Distribution):
 
     support = constraints.real_vector
 
-    def __init__(self, make, params: dict, num_groups: int, size: int, names: tuple[str, ...], validate_args=None):
-        self.make, self.params, self.names = make, params, tuple(names)
-        super().__init__(batch_shape=(num_groups,), event_shape=(size,), validate_args=validate_args)
+    def __init__(self, make, params: dict, num_groups: int, num_terms: int, names: tuple[str, ...], validate_args=None):
+        # names: (floor, coefficients..., exponents...), num_terms of them coefficients
+        self.make, self.params, self.names, self.num_terms = make, params, tuple(names), int(num_terms)
+        super().__init__(batch_shape=(num_groups,), event_shape=(len(self.names),), validate_args=validate_args)
 
     def _per_group(self, fn, u):
         """fn(prior_g, u_g) over groups, for u of shape (..., groups, size)."""
