@@ -61,7 +61,7 @@ from bayescale import saturating
 from bayescale.diagnostics import Diagnostics, Thresholds, check_convergence, warn_if_not_converged
 from bayescale.fit import run_coordinate
 from bayescale.grouping import Grouping, sample_grouped_params
-from bayescale.inference import SamplerSettings, program_for, sample_posterior, scalar_sites
+from bayescale.inference import LATENT_LOSS_SITE, SamplerSettings, program_for, sample_posterior, scalar_sites
 from bayescale.law import Law, PriorSpec, data_stats, get_law, laws, log_geometric_mean, resolve_prior
 from bayescale.likelihood import Likelihood, as_likelihood
 from bayescale.map_estimate import check_map_values
@@ -533,13 +533,13 @@ def chain_model(spec: ChainSpec):
             law_loss = jnp.broadcast_to(law_loss, (num_tasks, law_loss.shape[-1]))  # every parameter shared: one law
             with numpyro.plate("task", num_tasks):
                 noise = {k: v[:, None] for k, v in spec.loss_likelihood.sample_noise(loss_stats).items()}
-            z = numpyro.sample("_loss_z", dist.Normal(jnp.zeros(law_loss.shape), 1.0).to_event(2))
+            z = numpyro.sample(LATENT_LOSS_SITE, dist.Normal(jnp.zeros(law_loss.shape), 1.0).to_event(2))
         else:
             params = sample_params(law, loss_stats, x, law_mask, level_slope)
             noise = spec.loss_likelihood.sample_noise(loss_stats)
             law_loss = law.mean(params, x)
             with numpyro.plate("run", law_loss.shape[0]):
-                z = numpyro.sample("_loss_z", dist.Normal(0.0, 1.0))
+                z = numpyro.sample(LATENT_LOSS_SITE, dist.Normal(0.0, 1.0))
         num_runs = law_loss.shape[-1]
         latent = law_loss * jnp.exp(noise["sigma"] * z)
         if loss is not None:
@@ -684,7 +684,7 @@ def _replicate(spec: ChainSpec, samples, runs: DownstreamRuns, key) -> dict[str,
     x = {k: jnp.asarray(v) for k, v in runs.x.items()}
     law_mean, _ = chain_values(spec, samples, x)
     noise = _loss_noise(spec, samples)
-    latent = law_mean * jnp.exp(noise["sigma"] * jnp.asarray(samples["_loss_z"]))
+    latent = law_mean * jnp.exp(noise["sigma"] * jnp.asarray(samples[LATENT_LOSS_SITE]))
     run_loss = jnp.where(jnp.asarray(runs.loss_mask), jnp.asarray(np.nan_to_num(runs.loss, nan=1.0)), latent)
     _, value = chain_values(spec, samples, x, run_loss, runs.loss_scale)
     p_correct = correct_from_output(spec.link.output, value)
@@ -714,7 +714,7 @@ def _to_datatree(draws, model, spec: ChainSpec, args, kwargs, runs: DownstreamRu
     ppc = _replicate(spec, flat, runs, key_ppc)
     task_names = [*model.link_params, "phi"]
     loss_dims = ["task", "run"] if spec.per_task_loss else ["run"]
-    task_dims = {"_loss_z": loss_dims, "_run_effect_z": ["run"], "run_effect": ["run"]}
+    task_dims = {LATENT_LOSS_SITE: loss_dims, "_run_effect_z": ["run"], "run_effect": ["run"]}
     if spec.per_task_loss:  # each task's loss law and noise scale
         task_names += [*spec.loss_grouping.varying(), *spec.loss_likelihood.noise_names]
     for name in task_names:

@@ -5,20 +5,22 @@ tasks, 5 model sizes x 3 token multiples, each task's own Chinchilla law, 0.5% n
 fit (`fit(y=[...])`: the tasks' losses are the groups) with every parameter partially pooled, and with the
 exponents shared; 1 chain x 300 warm-up + 200 draws per fit, seeds 0-2, no discrepancy walk, no retry, no
 misfit checks; the centred fit with every parameter pooled with and without level-and-slope coordinates per
-group (`bayescale.saturating.GroupedSaturatingTermPrior`). And the chain with a loss per task
-(`fit_downstream(loss_column={task: column})`, binomial accuracies), seed 0: exponents shared, both
-centrings, and every loss-law parameter pooled (centred, level-and-slope); and the data mixing law on three simulated domains
+group (`bayescale.saturating.GroupedSaturatingTermPrior`). And downstream chains on the same kind of ladder
+(`fit_downstream`, Beta-Binomial accuracies, 1 x 300 + 200, seed 0): a loss per task (every loss-law
+parameter pooled, centred, level-and-slope; and exponents shared) and one shared loss, with the chain's latent
+losses diagonal in NUTS's mass matrix (the default, `inference.mass_structure`) or inside its dense block; and the data mixing law on three simulated domains
 (`tests/test_multi_output.py`'s `mixing_table`, 24 mixtures) with c and k partially pooled, 2 chains x 1000
 + 1000, with R-hat and bulk ESS. Records the mean number of leapfrog steps per draw
 (1,023 = the longest trees, depth 10), divergences and wall time (the first fit of each model includes its
 compilation, unless the persistent compilation cache holds it from an earlier run). Writes benchmarks/results/grouped_geometry.json and .md with the machine noted.
 
-    .venv/bin/python benchmarks/grouped_geometry.py        # ~5 min on 2 cores
+    .venv/bin/python benchmarks/grouped_geometry.py        # ~12 min on 2 cores
 """
 
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -39,7 +41,38 @@ def stats_of(fit, seconds: float) -> dict:
             "seconds": round(seconds, 1)}
 
 
+CHAIN_CASES = [("loss per task", (), "diagonal"), ("loss per task", (), "dense"),
+               ("loss per task", ("alpha", "beta"), "diagonal"), ("one shared loss", (), "diagonal"),
+               ("one shared loss", (), "dense")]
+
+
+def chain_case(case: int) -> dict:
+    from bayescale import downstream, inference
+    from test_downstream_task_losses import CHANCE, ITEMS
+
+    model, shared, mass = CHAIN_CASES[case]
+    if mass == "dense":
+        inference.LATENT_LOSS_SITE = "_in_the_dense_block"
+    ladder, _, tasks, _ = task_loss_ladder(num_tasks=4, seed=1)
+    start = time.time()
+    if model == "loss per task":
+        fit = fit_ladder(ladder, tasks, loss_shared=list(shared), num_chains=1, num_warmup=300, num_samples=200, seed=0)
+    else:
+        fit = downstream.fit_downstream(ladder.rename(columns={"loss_task0": "loss"}), tasks=tasks,
+                                        items=dict.fromkeys(tasks, ITEMS), chance=dict.fromkeys(tasks, CHANCE),
+                                        num_chains=1, num_warmup=300, num_samples=200, seed=0)
+    grouping = fit.spec.loss_grouping
+    return {"model": f"chain, {model}, latent losses {mass}", "shared": ",".join(shared) or "none",
+            "centering": "-" if grouping is None else ("centered" if grouping.centered else "noncentered"),
+            "coordinates": "declared" if shared else "level-and-slope",  # a shared exponent keeps the declared ones
+            "seed": 0, **stats_of(fit, time.time() - start)}
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--chain-case":
+        warnings.simplefilter("ignore")
+        print(json.dumps(chain_case(int(sys.argv[2]))))
+        return
     warnings.simplefilter("ignore")
     table, _, tasks, _ = task_loss_ladder(num_tasks=4, seed=0)
     rows = []
@@ -79,23 +112,13 @@ def main() -> None:
                "min_ess_bulk": round(float(np.nanmin(table_["ess_bulk"])))}
         print(row, flush=True)
         rows.append(row)
-    from bayescale import grouping
-
-    ladder, _, tasks, _ = task_loss_ladder(num_tasks=4, seed=1)
-    for centering, shared in (("centered", ("alpha", "beta")), ("noncentered", ("alpha", "beta")), ("centered", ())):
-        # The chain decides its loss grouping's centring itself ("auto"); the bound moves it either way.
-        original = grouping.CENTRED_RUNS_PER_PARAM
-        grouping.CENTRED_RUNS_PER_PARAM = 0 if centering == "centered" else 10**9
-        try:
-            start = time.time()
-            fit = fit_ladder(ladder, tasks, loss_shared=list(shared), metric_likelihood="binomial",
-                             num_chains=1, num_warmup=300, num_samples=200, seed=0)
-        finally:
-            grouping.CENTRED_RUNS_PER_PARAM = original
-        assert fit.spec.loss_grouping.centered == (centering == "centered")
-        row = {"model": "chain, loss per task", "shared": ",".join(shared) or "none", "centering": centering,
-               "coordinates": "declared" if shared else "level-and-slope", "seed": 0,
-               **stats_of(fit, time.time() - start)}
+    # Chains (default Beta-Binomial accuracies): a loss per task, and one shared loss (task0's), with the
+    # latent losses diagonal in the mass (the default) or in the one dense block (before). Each in a fresh
+    # process: the mass structure is part of a compiled program, which a process keeps.
+    for case in range(len(CHAIN_CASES)):
+        done = subprocess.run([sys.executable, __file__, "--chain-case", str(case)], capture_output=True, text=True,
+                              check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
         print(row, flush=True)
         rows.append(row)
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),

@@ -116,10 +116,8 @@ def test_each_task_has_its_own_loss_law_noise_and_link_input():
 
 
 # ------------------------------------------------------------------- fit ----
-# A chain with a loss per task still samples badly: on a simulated 4-task ladder (15 runs) NUTS runs long
-# trees (627 leapfrog steps per draw with the loss laws centred and exponents shared, 966 non-centred;
-# benchmarks/results/grouped_geometry.md), the sigmoid link's midpoint and ceiling trading along a ridge.
-# These fits are in the slow tier.
+# On a simulated 4-task ladder (15 runs) a chain with a loss per task takes ~100 leapfrog steps per draw
+# (benchmarks/results/grouped_geometry.md), but a fit still compiles for minutes: these fits are in the slow tier.
 @pytest.fixture(scope="module")
 def ladder_fit():
     table, target, tasks, truth = task_loss_ladder(num_tasks=4, seed=1)
