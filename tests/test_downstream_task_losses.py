@@ -159,8 +159,9 @@ def test_one_shared_loss_is_unchanged_by_the_per_task_path():
 
 # --------------------------------------------------- coverage (slow tier) ----
 @pytest.mark.slow
-@pytest.mark.xfail(reason="chains with a loss per task do not converge at defaults yet (longest NUTS trees, R-hat "
-                          "fails); the calibration check waits for a geometry that samples", strict=False)
+@pytest.mark.xfail(reason="not converged at defaults: the first 8-task ladder (2026-12-08) had 16 divergences of "
+                          "4,000 and R-hat 1.016-1.023 on the pooled spreads L0_tau, alpha_tau, phi_tau (20 min per "
+                          "fit on 2 cores); calibration waits for that", strict=False)
 def test_task_forecasts_at_a_10x_model_are_calibrated_over_simulated_ladders():
     """The issue's check at a smaller scale (benchmarks/downstream_task_losses.py runs 20 ladders): over 4
     simulated 8-task ladders, each task's new-run accuracy and loss at the 10x target inside their 90%
