@@ -47,11 +47,14 @@ def is_user_error(err: BaseException) -> bool:
 
 
 def _key_values(text: str, what: str) -> dict[str, str]:
+    """NAME=VALUE,NAME=VALUE... as a dict; a name given twice is an error, never silently the last value."""
     out = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise ValueError(f"{what}: expected NAME=VALUE, got {part!r}")
+        if key.strip() in out:
+            raise ValueError(f"{what}: {key.strip()!r} is given twice ({out[key.strip()]} and {value.strip()})")
         out[key.strip()] = value.strip()
     return out
 
@@ -483,10 +486,7 @@ def cmd_fit_downstream(args) -> int:
         evaluations = {**dict.fromkeys(tasks, 1), **_key_values(",".join(args.evaluations), "--evaluations")}
     loss_column, loss_options = args.loss, {}
     if args.task_loss:
-        pairs = [part for part in ",".join(args.task_loss).split(",") if part.strip()]
-        loss_column = _key_values(",".join(pairs), "--task-loss")
-        if len(loss_column) != len(pairs):
-            raise ValueError(f"--task-loss names a task twice: {', '.join(pairs)}")
+        loss_column = _key_values(",".join(args.task_loss), "--task-loss")
         loss_options = {"loss_pooling": args.loss_pooling, "loss_shared": _names(args.loss_shared)}
     elif args.loss_shared or args.loss_pooling != "partial":
         raise ValueError("--loss-pooling and --loss-shared apply to a loss per task (--task-loss TASK=COLUMN)")

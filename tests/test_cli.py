@@ -275,4 +275,7 @@ def test_centering_and_task_losses_reach_the_engine(tmp_path, monkeypatch, capsy
     assert main(base + ["--loss-shared", "alpha"]) == EXIT_BAD_INPUT
     assert "apply to a loss per task" in capsys.readouterr().err
     assert main(base + ["--task-loss", "a=loss_a,a=loss_b"]) == EXIT_BAD_INPUT
-    assert "names a task twice" in capsys.readouterr().err
+    assert "--task-loss: 'a' is given twice" in capsys.readouterr().err
+    # Every NAME=VALUE list: a name given twice is refused, not the last value kept.
+    assert main(base + ["--items", "a=100", "--items", "a=200"]) == EXIT_BAD_INPUT
+    assert "--items: 'a' is given twice (100 and 200)" in capsys.readouterr().err
