@@ -418,7 +418,6 @@ def backtest(
             key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
             if grouping is not None:
                 from bayescale.grouping import group_params
-
                 from bayescale.law import data_stats
 
                 key_group, key = jax.random.split(key)

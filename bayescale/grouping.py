@@ -61,10 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions.transforms import biject_to
-
 from numpyro.distributions import constraints
-from numpyro.distributions.transforms import AffineTransform, ExpTransform
+from numpyro.distributions.transforms import AffineTransform, ExpTransform, biject_to
 
 from bayescale.law import Law, resolve_prior
 from bayescale.likelihood import Likelihood
@@ -185,7 +183,7 @@ def _log_reference(stats: Mapping, x, source: str):
     return jnp.mean(jnp.log(x[source]))
 
 
-def _pivot_shift(law: Law, name: str, values: Mapping, centres: Mapping, x, centre: bool, stats: Mapping = {}):
+def _pivot_shift(law: Law, name: str, values: Mapping, centres: Mapping, x, centre: bool, stats: Mapping):
     """log A_ref = log A - exponent * log x_ref: the shift that decorrelates a coefficient from its exponent
     (see `bayescale.law.Param`). The centre of a pooled coefficient shifts by the exponent's centre (the mean
     over groups of an independent exponent)."""
@@ -193,6 +191,16 @@ def _pivot_shift(law: Law, name: str, values: Mapping, centres: Mapping, x, cent
     e = centres[exponent] if (centre and exponent in centres) else values[exponent]
     e = jnp.mean(e) if (centre and jnp.ndim(e)) else e
     return e * _log_reference(stats, x, source)
+
+
+def _sample_centre_and_spread(law: Law, name: str, grouping: Grouping, values: Mapping, centres: dict, x,
+                              stats: Mapping, centre_stats: Mapping):
+    """A partially pooled parameter's centre `name_mu` (into `centres`; a pivoted coefficient's through its
+    decorrelated site) and spread `name_tau`; returns (spread, the centre's pivot shift or None)."""
+    param = law.params[name]
+    shift = _pivot_shift(law, name, values, centres, x, True, stats) if param.pivot is not None else None
+    centres[name] = _sample_value(f"{name}_mu", resolve_prior(param.prior, centre_stats), shift)
+    return numpyro.sample(f"{name}_tau", dist.HalfNormal(grouping.scale)), shift
 
 
 def _sample_value(site: str, prior, shift):
@@ -308,7 +316,7 @@ def _sample_grouped_saturating_term(law: Law, grouping: Grouping, sites, stats: 
             else dist.TransformedDistribution(declared[c], ExpTransform().inv) for c in coefficients]
         exponent_priors = [dist.LogNormal(p[f"{e}_loc"], p[f"{e}_tau"]) if level[e] == "partial" else declared[e]
                            for e in exponents]
-        at_reference = [level[c] == "partial" and grouping.pooled_at_reference for c in coefficients]
+        at_reference = [level[c] == "partial" for c in coefficients]  # this path pools at the reference
         return SaturatingTermPrior(floor_prior, (), exponent_priors, term_exponents, log_x_refs, names=names,
                                    floor_bounds=(lo, hi), log_coefficient_priors=log_coefficient_priors,
                                    at_reference=at_reference)
@@ -338,11 +346,8 @@ def sample_grouped_params(law: Law, grouping: Grouping, stats: Mapping, x: Mappi
         joint = {sites[0], *sites[1], *sites[2]}
         spreads, centre_shifts = {}, {}
         for name in [n for n in ordered if n in joint and level[n] == "partial"]:
-            param = law.params[name]
-            shift = _pivot_shift(law, name, values, centres, x, True, stats) if param.pivot is not None else None
-            centres[name] = _sample_value(f"{name}_mu", resolve_prior(param.prior, centre_stats), shift)
-            spreads[name] = numpyro.sample(f"{name}_tau", dist.HalfNormal(grouping.scale))
-            if shift is not None and grouping.pooled_at_reference:
+            spreads[name], shift = _sample_centre_and_spread(law, name, grouping, values, centres, x, stats, centre_stats)
+            if shift is not None:  # this path pools coefficients at the reference (`pooled_at_reference`)
                 centre_shifts[name] = shift
         values.update(_sample_grouped_saturating_term(law, grouping, sites, stats, x, num_groups, centres, spreads,
                                                       centre_shifts))
@@ -360,9 +365,7 @@ def sample_grouped_params(law: Law, grouping: Grouping, stats: Mapping, x: Mappi
             with numpyro.plate(grouping.column, num_groups):
                 values[name] = _sample_value(name, group_prior, shift)
         else:
-            shift = _pivot_shift(law, name, values, centres, x, True, stats) if pivoted else None
-            centres[name] = _sample_value(f"{name}_mu", resolve_prior(param.prior, centre_stats), shift)
-            spread = numpyro.sample(f"{name}_tau", dist.HalfNormal(grouping.scale))
+            spread, shift = _sample_centre_and_spread(law, name, grouping, values, centres, x, stats, centre_stats)
             support = resolve_prior(param.prior, group).support
             at_reference = pivoted and grouping.pooled_at_reference and not _is_interval(support)
             values[name] = numpyro.deterministic(name, _sample_pooled(
@@ -454,9 +457,11 @@ def group_params(law: Law, grouping: Grouping, samples: Mapping[str, np.ndarray]
                 # log A_new - alpha_new log x_ref ~ Normal(log A_mu - alpha_centre log x_ref, tau)
                 source, exponent = param.pivot
                 log_ref = _log_reference(stats, {}, source)
+                # The exponent's centre as the model's pivot shift reads it (`_pivot_shift`): its pooled centre,
+                # the mean over groups of independent values, or the shared value.
                 alpha = np.asarray(samples[exponent])
-                alpha_centre = {"shared": alpha, "independent": alpha.mean(axis=-1) if alpha.ndim > 1 else alpha,
-                                "partial": np.asarray(samples.get(f"{exponent}_mu", alpha))}[level[exponent]]
+                alpha_centre = (np.asarray(samples[f"{exponent}_mu"]) if level[exponent] == "partial" else
+                                alpha.mean(axis=-1) if alpha.ndim > 1 else alpha)
                 alpha_new = out[exponent][:, new] if np.ndim(out[exponent]) > 1 else out[exponent][:, None]
                 fresh = np.exp(np.log(centre) + (alpha_new - np.asarray(alpha_centre)[:, None]) * log_ref + spread * z)
             else:
